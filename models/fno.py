@@ -1,0 +1,110 @@
+"""Fourier Neural Operator score network (Li et al., ICLR 2021), discretisation-consistent.
+
+v_0 = P(u, sin 2 pi x, cos 2 pi x, sin 2 pi y, cos 2 pi y) + E(t)
+v_{l+1} = act(FiLM_l(K_l v_l + W_l v_l, t)),   l = 0 .. L-1   (no act after the last)
+a = Q(v_L)
+K_l v = sum_{|k1|, k2 < modes} R_l(k) c_k(v) e_k: the physical Fourier coefficients
+c_k = rfft2(v, norm='forward') (the same for a function at every grid size n)
+multiplied by complex weights indexed by physical wavenumber k. Modes |k| >= n/2
+(including the Nyquist pair, which is aliased at n) are never used, so R_l(k) acts
+on the same physical mode at every n.
+
+Grid channels are periodic, band-limited functions of the pixel centres
+x_i = (i + 1/2)/n on the torus (the project's one sampling convention): a raw
+coordinate x in [0, 1) would be a discontinuous sawtooth on the periodic domain.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.embedding import FiLM, TimeEmbedding
+
+PROFILES = {
+    "small": dict(width=32, modes=12, n_layers=4),
+    "paper": dict(width=64, modes=14, n_layers=7),  # reference size (11.3M complex+real numel)
+}
+
+
+def periodic_grid(n, batch, dtype, device):
+    """(batch, 4, n, n): sin/cos of 2 pi x and of 2 pi y at the pixel centres."""
+    x = (torch.arange(n, dtype=dtype, device=device) + 0.5) / n
+    angle_x = (2 * math.pi * x).reshape(1, 1, n, 1).expand(batch, 1, n, n)
+    angle_y = (2 * math.pi * x).reshape(1, 1, 1, n).expand(batch, 1, n, n)
+    return torch.cat([angle_x.sin(), angle_x.cos(), angle_y.sin(), angle_y.cos()], dim=1)
+
+
+class SpectralConv2d(nn.Module):
+    """K v: complex weights R(k) on physical modes |k1| < modes, 0 <= k2 < modes.
+
+    Weight rows are stored in FFT order of k1: 0 .. modes-1, then -(modes-1) .. -1; real
+    and imaginary parts in a trailing dimension, so the parameter is real (any dtype cast,
+    optimizer or DDP treats it like the others).
+    """
+
+    def __init__(self, in_ch, out_ch, modes):
+        super().__init__()
+        self.modes = modes
+        scale = 1.0 / (in_ch * out_ch)
+        self.weight = nn.Parameter(scale * torch.randn(in_ch, out_ch, 2 * modes - 1, modes, 2)
+                                   / math.sqrt(2))
+
+    def _weights_for(self, m):
+        """Complex weights for the m usable modes (m <= modes) of the current grid."""
+        weight = torch.view_as_complex(self.weight)
+        positive = weight[:, :, :m]
+        negative = weight[:, :, weight.shape[2] - (m - 1):]
+        return torch.cat([positive, negative], dim=2)[..., :m]
+
+    def forward(self, v):
+        n1, n2 = v.shape[-2:]
+        m = min(self.modes, (n1 + 1) // 2, (n2 + 1) // 2)  # modes with |k| < n/2
+        coef = torch.fft.rfft2(v, norm="forward")  # physical coefficients c_k
+        low = torch.cat([coef[..., :m, :m], coef[..., n1 - (m - 1):, :m]], dim=2)
+        mixed = torch.einsum("bixy,ioxy->boxy", low, self._weights_for(m))
+        out = mixed.new_zeros(v.shape[0], mixed.shape[1], n1, n2 // 2 + 1)
+        out[..., :m, :m] = mixed[..., :m, :]
+        out[..., n1 - (m - 1):, :m] = mixed[..., m:, :]
+        return torch.fft.irfft2(out, s=(n1, n2), norm="forward")
+
+
+class FNOLayer(nn.Module):
+    """act(FiLM(K v + W v, t)); act may be None (last layer)."""
+
+    def __init__(self, width, modes, emb_dim, activation):
+        super().__init__()
+        self.spectral = SpectralConv2d(width, width, modes)
+        self.pointwise = nn.Conv2d(width, width, 1)
+        self.film = FiLM(emb_dim, width)
+        self.activation = activation
+
+    def forward(self, v, emb):
+        v = self.film(self.spectral(v) + self.pointwise(v), emb)
+        return self.activation(v) if self.activation is not None else v
+
+
+class FNO(nn.Module):
+    """a(y, t): (B, in_channels, n, n), (B,) -> (B, out_channels, n, n), any n."""
+
+    def __init__(self, in_channels=1, out_channels=1, width=64, modes=14, n_layers=7,
+                 emb_dim=None, projection_channels=128, activation="gelu"):
+        super().__init__()
+        emb_dim = emb_dim or 4 * width
+        act = {"gelu": F.gelu, "identity": None}[activation]
+        self.time_embedding = TimeEmbedding(emb_dim)
+        self.lift = nn.Conv2d(in_channels + 4, width, 1)
+        self.lift_time = nn.Linear(emb_dim, width)
+        self.layers = nn.ModuleList(
+            [FNOLayer(width, modes, emb_dim, act if i < n_layers - 1 else None) for i in range(n_layers)])
+        self.project = nn.Sequential(nn.Conv2d(width, projection_channels, 1),
+                                     nn.GELU() if act is not None else nn.Identity(),
+                                     nn.Conv2d(projection_channels, out_channels, 1))
+
+    def forward(self, x, t):
+        emb = self.time_embedding(t)
+        grid = periodic_grid(x.shape[-1], x.shape[0], x.dtype, x.device)
+        v = self.lift(torch.cat([x, grid], dim=1)) + self.lift_time(emb)[:, :, None, None]
+        for layer in self.layers:
+            v = layer(v, emb)
+        return self.project(v)

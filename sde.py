@@ -1,0 +1,130 @@
+"""The variance-preserving SDE in function space, its denoising loss and samplers.
+
+Forward SDE (DESIGN.md section 2):  dX = -1/2 b(t) X dt + sqrt(b(t)) A dW,
+b(t) = b_min + (b_max - b_min) t = 0.1 + 19.9 t on t in [0, 1]. Marginal:
+X_t = m(t) X_0 + s(t) A z,  m(t) = exp(-t^2 (b_max - b_min)/4 - b_min t/2),
+s(t)^2 = 1 - m(t)^2, z white noise, Q = A A^*.
+
+Score network a(y, t), trained by denoising score matching with the loss
+1/2 sum_pixels (a(X_t, t) s(t) / g(t) + eta)^2, eta = A z, g = sqrt(b(t));
+its optimum is a = g Q grad log p_t, so the reverse drift needs no explicit Q.
+
+Reverse SDE, Euler-Maruyama with step D = 1/N from tau = 1 down to tau = D:
+y <- y + D (g a(y, tau) + 1/2 b(tau) y) + sqrt(D) g eta,  eta = A z fresh each step.
+"""
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from resample import resample, truncate_noise
+
+B_MIN, B_MAX = 0.1, 20.0
+T_EPS = 1e-5  # smallest training time: s(t) ~ sqrt(b_min t) stays away from 0
+
+
+def beta(t):
+    """b(t) = b_min + (b_max - b_min) t."""
+    return B_MIN + (B_MAX - B_MIN) * t
+
+
+def mean_coef(t):
+    """m(t) = exp(-t^2 (b_max - b_min) / 4 - b_min t / 2)."""
+    return torch.exp(-t**2 * (B_MAX - B_MIN) / 4 - B_MIN * t / 2)
+
+
+def noise_std(t):
+    """s(t) = sqrt(1 - m(t)^2)."""
+    return torch.sqrt(-torch.expm1(-t**2 * (B_MAX - B_MIN) / 2 - B_MIN * t))
+
+
+def _per_image(v):
+    return v.reshape(-1, 1, 1, 1)
+
+
+def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS):
+    """Denoising score-matching loss, summed over pixels, averaged over the batch.
+
+    t ~ U(t_eps, 1) per image, eta = A z, X_t = m X_0 + s eta,
+    loss = mean_batch 1/2 sum_pixels (a(X_t, t) s / g + eta)^2.
+    Random numbers come from `generator` on the CPU (same on every device).
+    """
+    batch = x0.shape[0]
+    t = t_eps + (1 - t_eps) * torch.rand(batch, generator=generator)
+    t = t.to(device=x0.device, dtype=x0.dtype)
+    eta = prior.sample(x0.shape, generator, x0.device, x0.dtype)
+    m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
+    x_t = m * x0 + s * eta
+    residual = score_net(x_t, t) * s / g + eta
+    return 0.5 * residual.pow(2).flatten(1).sum(1).mean()
+
+
+def _draw_noise(prior, shape, noise_grid, generator, device):
+    """Prior noise for a grid of `shape`, drawn on the noise_grid and truncated if finer."""
+    n = shape[-1]
+    if noise_grid is None or noise_grid == n:
+        return prior.sample(shape, generator, device)
+    fine = prior.sample((*shape[:-2], noise_grid, noise_grid), generator, device)
+    return truncate_noise(fine, n)
+
+
+@torch.inference_mode()
+def euler_maruyama(score_net, prior, shape, num_steps=200, generator=None, device=None,
+                   noise_grid=None, progress=None, clamp=True):
+    """Sample (B, C, n, n) by Euler-Maruyama on the reverse SDE (reference sampler).
+
+    y_N = A z;  for tau = 1, 1 - D, .., D:  y <- y + D (g a(y, tau) + b(tau) y / 2) + sqrt(D) g A z'.
+    noise_grid: draw every noise field on this finer grid and Fourier-truncate it to n
+    (the 'resample' protocol; the truncated field has the law of noise drawn at n).
+    progress: a tqdm bar to advance by one per step, or None.
+    Clamped to [0, 1] at the end, as in the reference.
+    """
+    step = 1.0 / num_steps
+    y = _draw_noise(prior, shape, noise_grid, generator, device)
+    for i in range(num_steps):
+        tau = torch.full((shape[0],), 1.0 - i * step, device=y.device)
+        b = _per_image(beta(tau))
+        drift = b.sqrt() * score_net(y, tau) + 0.5 * b * y
+        noise = _draw_noise(prior, shape, noise_grid, generator, device)
+        y = y + step * drift + math.sqrt(step) * b.sqrt() * noise
+        if progress is not None:
+            progress.update(1)
+    return y.clamp(0, 1) if clamp else y
+
+
+def batch_generator(seed, batch_index):
+    """The CPU generator of one sampling batch: a fixed function of (seed, batch index)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(batch_index))
+
+
+def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0,
+             batch_size=250, num_steps=200, device=None, interp="fourier", desc=None,
+             show_progress=True):
+    """num_samples images at resolution upscale * n0, in batches, on `device`.
+
+    mode 'native':   run the reverse SDE on the (upscale n0)-grid, noise drawn there.
+    mode 'resample': draw the noise on the (upscale n0)-grid, Fourier-truncate it to n0,
+                     run the reverse SDE at n0, interpolate the result to upscale n0
+                     with `interp` ('fourier' or 'bicubic'), clamp to [0, 1].
+    Batch b uses the generator `batch_generator(seed, b)`, so a result depends on
+    (seed, batch_size) only, not on the device. Returns a CPU float32 tensor.
+    """
+    if mode not in ("native", "resample"):
+        raise ValueError(f"unknown sample mode {mode!r}: expected 'native' or 'resample'")
+    n = upscale * n0
+    grid = n if mode == "native" else n0
+    was_training = score_net.training
+    score_net.eval()
+    num_batches = math.ceil(num_samples / batch_size)
+    out = []
+    with tqdm(total=num_batches * num_steps, desc=desc or f"sampling {mode} {n}x{n}",
+              unit="step", disable=not show_progress, leave=False) as bar:
+        for b in range(num_batches):
+            size = min(batch_size, num_samples - b * batch_size)
+            y = euler_maruyama(score_net, prior, (size, 1, grid, grid), num_steps,
+                               batch_generator(seed, b), device, noise_grid=n, progress=bar)
+            if grid != n:
+                y = resample(y, n, interp).clamp(0, 1)
+            out.append(y.float().cpu())
+    score_net.train(was_training)
+    return torch.cat(out)

@@ -1,0 +1,208 @@
+"""Sample from a trained checkpoint and score it with the Riesz MMD at n0 and K*n0.
+
+    python test.py --save_model NAME --upscale 2 --sample_mode both
+
+Rebuilds the model and prior from the checkpoint alone, samples at n0 and at
+K*n0 ('native': the reverse SDE on the fine grid; 'resample': noise drawn on the
+fine grid, truncated to n0, SDE at n0, result interpolated up), and compares
+with the MNIST test split. Beside every figure: the real-vs-real floor (MNIST
+train vs test, same n and resolution) and, at K*n0, the upsample oracles (real
+n0 training images interpolated to K*n0). Writes JSON, Markdown and PNG grids.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+import data
+import models
+import priors
+import sde
+from mmd import riesz_mmd
+from resample import resample
+from utils import (UserError, ensure_writable_dir, load_checkpoint, resolve_device, run_main,
+                   save_grid, timestamp, versions, write_json)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Sample a trained score network at n0 and K*n0 and report the Riesz MMD "
+                    "against MNIST test images, with real-vs-real floors and upsample oracles.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--save_model", required=True,
+                        help="the run to test: a run name under --out_dir, a run folder, or a .pt file")
+    parser.add_argument("--out_dir", default="runs", help="folder that holds run folders")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                        help="which checkpoint of a run folder to load")
+    parser.add_argument("--weights", default="ema", choices=["ema", "raw"],
+                        help="sample with the EMA weights (if the run kept them) or the raw ones")
+    parser.add_argument("--upscale", type=int, nargs="+", default=[2],
+                        help="factors K: evaluate at K*n0 for each (n0 is always evaluated)")
+    parser.add_argument("--sample_mode", default="both", choices=["native", "resample", "both"],
+                        help="how to sample at K*n0 (see module docstring)")
+    parser.add_argument("--resample_interp", default="fourier", choices=["fourier", "bicubic"],
+                        help="interpolation from n0 to K*n0 in resample mode")
+    parser.add_argument("--input_height", type=int, default=None,
+                        help="training resolution n0 (default and only accepted value: the checkpoint's)")
+    parser.add_argument("--num_samples_mmd", type=int, default=1000,
+                        help="samples and test images per MMD figure")
+    parser.add_argument("--num_samples_native", type=int, default=None,
+                        help="samples for the native K*n0 figures, which cost K^2 more "
+                             "(default: --num_samples_mmd); floors are computed at this n too")
+    parser.add_argument("--num_steps", type=int, default=200, help="Euler-Maruyama steps")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the real images)")
+    parser.add_argument("--batch_size", type=int, default=250, help="sampling batch size")
+    parser.add_argument("--data_root", default="./data", help="MNIST root (as for main.py)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--results_dir", default=None,
+                        help="where to write results (default: RUN_FOLDER/eval-TIMESTAMP)")
+    parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
+    return parser
+
+
+def resolve_checkpoint(name, out_dir, which):
+    """A .pt path from a file name, a run folder or a run name under out_dir."""
+    for folder in (name, os.path.join(out_dir, name)):
+        if os.path.isdir(folder):
+            return os.path.join(folder, f"{which}.pt")
+    if os.path.isfile(name):
+        return name
+    raise UserError(f"--save_model {name}: no such checkpoint file, run folder, or run under "
+                    f"--out_dir {out_dir}")
+
+
+def restore(state, device, weights="ema"):
+    """(score network in eval mode, prior, training config) from a checkpoint dict."""
+    prior = priors.prior_from_config(state["prior_config"])
+    prior.load_state_dict(state["prior"])
+    model = models.build_model(state["model_name"], **state["model_kwargs"])
+    if weights == "ema" and state.get("ema") is not None:
+        ema_weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(ema_weights)
+    else:
+        model.load_state_dict(state["model"])
+    return model.to(device).eval(), prior.to(device), state["config"]
+
+
+def validate(args, n0_saved, test_size):
+    for name in ("num_samples_mmd", "num_steps", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if any(k < 1 for k in args.upscale):
+        raise UserError(f"--upscale must be >= 1, got {args.upscale}")
+    if args.input_height is not None and args.input_height != n0_saved:
+        raise UserError(f"--input_height {args.input_height} does not match the checkpoint's "
+                        f"training resolution {n0_saved}")
+    native = args.num_samples_native or args.num_samples_mmd
+    if native <= 0:
+        raise UserError(f"--num_samples_native must be a positive integer, got {native}")
+    if max(args.num_samples_mmd, native) > test_size:
+        raise UserError(f"--num_samples_mmd {max(args.num_samples_mmd, native)} is larger than the "
+                        f"{test_size} MNIST test images available")
+
+
+class References:
+    """Real images for the floors and oracles, drawn once per (resolution, n) from --seed."""
+
+    def __init__(self, data_root, n0, seed):
+        self.test = data.load_mnist(data_root, train=False)
+        self.train = data.load_mnist(data_root, train=True)
+        self.n0, self.seed = n0, seed
+
+    def _pick(self, digits, count, offset):
+        order = torch.randperm(len(digits.labels), generator=torch.Generator().manual_seed(self.seed + offset))
+        return digits.images[order[:count]]
+
+    def images(self, split, count, upscale):
+        """(at n0, at K n0) of `count` images of `split` ('test' or 'train')."""
+        digits, offset = (self.test, 0) if split == "test" else (self.train, 1)
+        return data.evaluation_images(self._pick(digits, count, offset), self.n0, upscale)
+
+
+def score(samples, refs, upscale, count, at_fine):
+    """MMD of samples, the real-vs-real floor and (at K n0) the upsample oracles, same n."""
+    test_low, test_high = refs.images("test", count, upscale)
+    train_low, train_high = refs.images("train", count, upscale)
+    target = test_high if at_fine else test_low
+    row = {"mmd": riesz_mmd(samples[:count], target),
+           "floor_real": riesz_mmd(train_high if at_fine else train_low, target)}
+    if at_fine and upscale > 1:
+        n = upscale * refs.n0
+        for interp in ("fourier", "bicubic"):
+            row[f"oracle_{interp}"] = riesz_mmd(resample(train_low, n, interp).clamp(0, 1), test_high)
+    return row
+
+
+def evaluate(args, state, device, folder):
+    """All requested figures as a list of dicts; grids written to `folder`."""
+    model, prior, config = restore(state, device, args.weights)
+    n0 = config["input_height"]
+    refs = References(args.data_root, n0, args.seed)
+    native_count = args.num_samples_native or args.num_samples_mmd
+
+    def draw(count, upscale, mode):
+        started = time.time()
+        samples = sde.generate(model, prior, count, n0, upscale, mode, args.seed, args.batch_size,
+                               args.num_steps, device, args.resample_interp,
+                               show_progress=bool(args.progress))
+        grid_name = f"samples_{upscale * n0}_{mode}.png"
+        save_grid(samples[:64], os.path.join(folder, grid_name), nrow=8)
+        return samples, time.time() - started, grid_name
+
+    rows = []
+    samples, seconds, grid = draw(args.num_samples_mmd, 1, "native")
+    rows.append({"resolution": n0, "upscale": 1, "mode": "n0", "n": args.num_samples_mmd,
+                 **score(samples, refs, 1, args.num_samples_mmd, False), "sample_seconds": seconds,
+                 "grid": grid})
+    modes = ["native", "resample"] if args.sample_mode == "both" else [args.sample_mode]
+    for upscale in sorted(set(args.upscale) - {1}):
+        for mode in modes:
+            count = native_count if mode == "native" else args.num_samples_mmd
+            samples, seconds, grid = draw(count, upscale, mode)
+            label = mode if mode == "native" else f"resample-{args.resample_interp}"
+            rows.append({"resolution": upscale * n0, "upscale": upscale, "mode": label, "n": count,
+                         **score(samples, refs, upscale, count, True), "sample_seconds": seconds,
+                         "grid": grid})
+    return rows, refs.test.source
+
+
+def markdown_table(rows):
+    lines = ["| resolution | mode | n | MMD | real-vs-real floor | oracle (Fourier) | oracle (bicubic) | sampling s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        oracle_f = f"{r['oracle_fourier']:.4f}" if "oracle_fourier" in r else "-"
+        oracle_b = f"{r['oracle_bicubic']:.4f}" if "oracle_bicubic" in r else "-"
+        lines.append(f"| {r['resolution']} | {r['mode']} | {r['n']} | {r['mmd']:.4f} | "
+                     f"{r['floor_real']:.4f} | {oracle_f} | {oracle_b} | {r['sample_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    device = resolve_device(args.device)
+    path = resolve_checkpoint(args.save_model, args.out_dir, args.checkpoint)
+    state = load_checkpoint(path)
+    test_size = len(data.load_mnist(args.data_root, train=False, quiet=True).labels)
+    validate(args, state["config"]["input_height"], test_size)
+    folder = args.results_dir or os.path.join(os.path.dirname(os.path.abspath(path)), f"eval-{timestamp()}")
+    if os.path.isdir(folder) and os.listdir(folder):
+        raise UserError(f"--results_dir {folder} already holds results; choose another folder")
+    ensure_writable_dir(folder, "--results_dir")
+    rows, source = evaluate(args, state, device, folder)
+    result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
+              "seed": args.seed, "num_steps": args.num_steps, "data": source,
+              "model": state["model_name"], "prior": state["prior_config"], "results": rows,
+              "train_config": state["config"], "versions": versions()}
+    write_json(result, os.path.join(folder, "results.json"))
+    table = markdown_table(rows)
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write(f"{state['model_name']} / {state['prior_config']['name']}, checkpoint {path}, "
+                f"seed {args.seed}, {args.num_steps} steps\n\n{table}\n")
+    print(table)
+    print(f"results in {folder}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,144 @@
+"""The training CLI: a tiny end-to-end run, checkpoint round trip, bad flags refused clearly."""
+import json
+import os
+
+import pytest
+import torch
+
+import main
+import sde
+from test import restore
+from utils import load_checkpoint, run_main
+
+TINY = ["--model", "unet", "--model_arg", "ch=8", "--model_arg", "ch_mult=1,2",
+        "--model_arg", "num_res_blocks=1", "--train_limit", "64", "--batch_size", "32",
+        "--num_samples_mmd", "16", "--num_steps", "4", "--sample_batch_size", "16", "--progress", "0"]
+
+
+def tiny_args(tmp_path, *extra, name="run"):
+    return [*TINY, "--data_root", str(tmp_path / "mnist"), "--out_dir", str(tmp_path / "runs"),
+            "--save_model", name, *extra]
+
+
+def call(argv, capsys):
+    """Run main.py in-process as the CLI does; returns (exit code, stderr)."""
+    try:
+        run_main(lambda: main.main(argv))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+def test_tiny_training_run_writes_config_log_grids_and_checkpoints(tmp_path, capsys):
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--val_every", "1"), capsys)
+    assert code == 0, err
+    folder = tmp_path / "runs" / "run"
+    assert {"config.json", "log.csv", "last.pt", "best.pt", "samples_epoch0001.png"} <= set(os.listdir(folder))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["config"]["seed"] == 0 and config["train_images"] == 64
+    state = torch.load(folder / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 4
+    assert len((folder / "log.csv").read_text().strip().splitlines()) == 3
+
+
+def test_checkpoint_round_trip_gives_identical_samples(tmp_path, capsys):
+    assert call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)[0] == 0
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    run = main.Run(main.TrainConfig(**state["config"]), torch.device("cpu"))
+    run.load_state(state)
+    model, prior, _ = restore(state, "cpu")
+    expected = sde.generate(run.sampling_model, run.prior, 4, 28, seed=3, num_steps=5, show_progress=False)
+    again = sde.generate(model, prior, 4, 28, seed=3, num_steps=5, show_progress=False)
+    assert torch.equal(expected, again)
+
+
+def test_same_seed_same_weights(tmp_path, capsys):
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", name="a"), capsys)[0] == 0
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", name="b"), capsys)[0] == 0
+    a = torch.load(tmp_path / "runs" / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "runs" / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+BAD_FLAGS = [
+    (["--n_epochs", "0"], "--n_epochs"),
+    (["--batch_size", "-4"], "--batch_size"),
+    (["--lr", "0"], "--lr"),
+    (["--input_height", "4"], "--input_height"),
+    (["--ema_decay", "1.5"], "--ema_decay"),
+    (["--prior_name", "matern", "--matern_s", "0.5"], "--matern_s"),
+    (["--model_arg", "no_such=1"], "--model_arg"),
+    (["--num_samples_mmd", "5000"], "--num_samples_mmd"),
+    (["--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_FLAGS)
+def test_bad_values_are_refused_in_one_line(tmp_path, capsys, flags, named):
+    code, err = call(tiny_args(tmp_path, *flags), capsys)
+    assert code == 2
+    assert err.startswith("error: ") and named in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
+    assert call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)[0] == 0
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)
+    assert code == 2 and "already exists" in err
+
+
+def final_weights(folder):
+    return torch.load(os.path.join(folder, "last.pt"), weights_only=True)
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, capsys):
+    """kill -9 after the first checkpoint, then --resume: bitwise the uninterrupted result."""
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = tiny_args(tmp_path, "--n_epochs", "4", "--train_limit", "256", "--val_every", "0",
+                     "--ema_decay", "0.9", name="killed")
+    process = subprocess.Popen([sys.executable, "main.py", *args], cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "runs" / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.kill()  # SIGKILL: no cleanup of any kind
+    process.wait()
+    assert process.returncode == -9, "the run finished before it could be killed"
+    assert final_weights(last.parent)["epoch"] < 4
+
+    assert call(tiny_args(tmp_path, "--n_epochs", "4", "--train_limit", "256", "--val_every", "0",
+                          "--ema_decay", "0.9", "--resume", name="killed"), capsys)[0] == 0
+    assert call(tiny_args(tmp_path, "--n_epochs", "4", "--train_limit", "256", "--val_every", "0",
+                          "--ema_decay", "0.9", name="straight"), capsys)[0] == 0
+    resumed, straight = final_weights(last.parent), final_weights(tmp_path / "runs" / "straight")
+    assert resumed["epoch"] == straight["epoch"] == 4
+    for part in ("model", "ema"):
+        assert all(torch.equal(resumed[part][k], straight[part][k]) for k in straight[part])
+
+
+def test_resume_refuses_a_flag_that_contradicts_the_checkpoint(tmp_path, capsys):
+    assert call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)[0] == 0
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--lr", "0.5", "--resume"), capsys)
+    assert code == 2 and "--lr" in err and "checkpoint" in err
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--resume", name="missing"), capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_diverging_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(main.FAULT_ENV, "3")  # the loss of step 3 (epoch 2) becomes NaN
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "3"), capsys)
+    assert code == 2 and "at step 3" in err and "nan" in err and "Traceback" not in err
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    assert state["epoch"] == 1 and state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_huge_learning_rate_is_caught_as_divergence(tmp_path, capsys):
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "3", "--lr", "1e30"), capsys)
+    assert code == 2 and "at step" in err and "Traceback" not in err

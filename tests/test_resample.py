@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+
+from resample import bicubic_resample, fourier_resample, truncate_noise
+
+
+def band_limited(n, modes=((3, 5, 0.3), (7, -2, 1.1), (0, 4, -0.5)), dtype=torch.float64):
+    """Samples at pixel centres of a sum of cosines with the given (k1, k2, phase)."""
+    x = (torch.arange(n, dtype=dtype) + 0.5) / n
+    X, Y = torch.meshgrid(x, x, indexing="ij")
+    return sum(torch.cos(2 * math.pi * (k1 * X + k2 * Y) + p) for k1, k2, p in modes) + 0.25
+
+
+@pytest.mark.parametrize("n,m", [(28, 56), (28, 84), (27, 56), (56, 28), (56, 17), (28, 31), (16, 16)])
+def test_fourier_resample_is_exact_on_band_limited_functions(n, m):
+    assert torch.allclose(fourier_resample(band_limited(n), m), band_limited(m), atol=1e-12)
+
+
+@pytest.mark.parametrize("n,m", [(28, 56), (28, 32), (27, 81), (28, 29)])
+def test_fourier_upsampling_then_truncation_is_identity(n, m, generator):
+    u = torch.randn(3, n, n, generator=generator, dtype=torch.float64)
+    assert torch.allclose(fourier_resample(fourier_resample(u, m), n), u, atol=1e-12)
+
+
+def test_fourier_upsampling_keeps_the_coarse_samples_at_odd_factors(generator):
+    """Pixel centres of the 28-grid are centres of every third fine pixel at 84."""
+    u = torch.randn(28, 28, generator=generator, dtype=torch.float64)
+    fine = fourier_resample(u, 84)
+    assert torch.allclose(fine[1::3, 1::3], u, atol=1e-12)
+
+
+def test_bicubic_uses_the_same_pixel_centres():
+    """A linear ramp in the interior is resampled exactly by both methods."""
+    u = band_limited(28, modes=((1, 0, 0.0),))
+    assert torch.allclose(bicubic_resample(u[None], 56)[0, 20:36, 20:36],
+                          band_limited(56, modes=((1, 0, 0.0),))[20:36, 20:36], atol=2e-3)
+
+
+def test_truncated_white_noise_is_white_noise_of_the_coarse_grid(generator):
+    """Every DFT mode (Nyquist rows included) keeps the white-noise variance after truncation."""
+    fine = 2.0 * torch.randn(20000, 12, 12, generator=generator, dtype=torch.float64)  # std n / n0
+    coarse = truncate_noise(fine, 6)
+    mode_variance = torch.fft.fft2(coarse).abs().pow(2).mean(0) / 36
+    assert torch.allclose(mode_variance, torch.ones(6, 6, dtype=torch.float64), atol=0.05)

@@ -1,0 +1,161 @@
+"""Checkpoints, run folders, reproducibility records, image grids, clear CLI errors."""
+import datetime
+import json
+import os
+import pickle
+import platform
+import sys
+import tempfile
+import warnings
+import zipfile
+
+import numpy as np
+import torch
+import torchvision
+
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported in one line, exit code 2, no traceback."""
+
+
+def fail(message, code=2):
+    """Print `error: message` to stderr and exit with `code` (2: bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def run_main(main_fn):
+    """Run a CLI entry point, turning UserError into one clear line and exit code 2."""
+    try:
+        main_fn()
+    except UserError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; the last checkpoint on disk is intact (resume with --resume)", code=130)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def atomic_torch_save(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash, a kill or a full disk leaves either the old file or the new one, never a
+    truncated one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with weights_only=True; UserError with one line for any defect."""
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder, expected a .pt file")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError) as error:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(error)})")
+    except (pickle.UnpicklingError, AttributeError, ValueError, TypeError) as error:
+        raise UserError(f"{path} is not a checkpoint of this project ({_first_line(error)})")
+    if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no format_version/config)")
+    if state["format_version"] != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path} has format version {state['format_version']}, this code "
+                        f"reads version {CHECKPOINT_FORMAT}")
+    return state
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------- records
+
+def versions():
+    """Versions and hardware, recorded with every result."""
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": str(np.__version__),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def timestamp():
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_json(obj, path):
+    """Write JSON atomically (temporary file, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def ensure_writable_dir(path, flag):
+    """Create `path` if needed and check that we can write there (UserError names the flag)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{flag} {path}: cannot create folder ({error.strerror})")
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: folder is not writable")
+
+
+def resolve_device(name):
+    """'auto' -> cuda if available else cpu; validates explicit names."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+# ---------------------------------------------------------------- images
+
+def save_grid(images, path, nrow=None):
+    """Save (B, 1, n, n) images in [0, 1] as one PNG grid."""
+    from torchvision.utils import save_image
+
+    nrow = nrow or max(1, int(len(images) ** 0.5))
+    save_image(images.clamp(0, 1).float().cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
