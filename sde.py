@@ -97,8 +97,20 @@ def batch_generator(seed, batch_index):
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(batch_index))
 
 
+CPU_PIXELS_PER_BATCH = 64 * 28 * 28  # a batch this size of activations stays in cache
+GPU_MAX_BATCH = 1000
+
+
+def auto_batch_size(n, device):
+    """Sampling batch for an n-grid: on a CPU a fixed pixel budget (per-image cost at 56 was
+    2-2.5x lower with batch 16 than 256 for the small UNet), on a GPU as large as allowed."""
+    if torch.device(device or "cpu").type == "cuda":
+        return GPU_MAX_BATCH
+    return max(1, CPU_PIXELS_PER_BATCH // (n * n))
+
+
 def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0,
-             batch_size=250, num_steps=200, device=None, interp="fourier", desc=None,
+             batch_size=None, num_steps=200, device=None, interp="fourier", desc=None,
              show_progress=True):
     """num_samples images at resolution upscale * n0, in batches, on `device`.
 
@@ -107,12 +119,14 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
                      run the reverse SDE at n0, interpolate the result to upscale n0
                      with `interp` ('fourier' or 'bicubic'), clamp to [0, 1].
     Batch b uses the generator `batch_generator(seed, b)`, so a result depends on
-    (seed, batch_size) only, not on the device. Returns a CPU float32 tensor.
+    (seed, batch_size) only. batch_size None: `auto_batch_size` of the grid the SDE runs
+    on. Returns a CPU float32 tensor.
     """
     if mode not in ("native", "resample"):
         raise ValueError(f"unknown sample mode {mode!r}: expected 'native' or 'resample'")
     n = upscale * n0
     grid = n if mode == "native" else n0
+    batch_size = batch_size or auto_batch_size(grid, device)
     was_training = score_net.training
     score_net.eval()
     num_batches = math.ceil(num_samples / batch_size)

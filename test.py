@@ -22,12 +22,12 @@ import priors
 import sde
 from mmd import riesz_mmd
 from resample import resample
-from utils import (UserError, ensure_writable_dir, load_checkpoint, resolve_device, run_main,
+from utils import (ArgumentParser, UserError, ensure_writable_dir, load_checkpoint, resolve_device, run_main,
                    save_grid, timestamp, versions, write_json)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Sample a trained score network at n0 and K*n0 and report the Riesz MMD "
                     "against MNIST test images, with real-vs-real floors and upsample oracles.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
@@ -53,7 +53,8 @@ def build_parser():
                              "(default: --num_samples_mmd); floors are computed at this n too")
     parser.add_argument("--num_steps", type=int, default=200, help="Euler-Maruyama steps")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the real images)")
-    parser.add_argument("--batch_size", type=int, default=250, help="sampling batch size")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="sampling batch size (0: automatic, a fixed pixel budget on a CPU)")
     parser.add_argument("--data_root", default="./data", help="MNIST root (as for main.py)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument("--results_dir", default=None,
@@ -87,9 +88,11 @@ def restore(state, device, weights="ema"):
 
 
 def validate(args, n0_saved, test_size):
-    for name in ("num_samples_mmd", "num_steps", "batch_size"):
+    for name in ("num_samples_mmd", "num_steps"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.batch_size < 0:
+        raise UserError(f"--batch_size must be >= 0, got {args.batch_size}")
     if any(k < 1 for k in args.upscale):
         raise UserError(f"--upscale must be >= 1, got {args.upscale}")
     if args.input_height is not None and args.input_height != n0_saved:
@@ -144,7 +147,7 @@ def evaluate(args, state, device, folder):
 
     def draw(count, upscale, mode):
         started = time.time()
-        samples = sde.generate(model, prior, count, n0, upscale, mode, args.seed, args.batch_size,
+        samples = sde.generate(model, prior, count, n0, upscale, mode, args.seed, args.batch_size or None,
                                args.num_steps, device, args.resample_interp,
                                show_progress=bool(args.progress))
         grid_name = f"samples_{upscale * n0}_{mode}.png"

@@ -1,4 +1,5 @@
 """Checkpoints, run folders, reproducibility records, image grids, clear CLI errors."""
+import argparse
 import datetime
 import json
 import os
@@ -24,6 +25,13 @@ def fail(message, code=2):
     """Print `error: message` to stderr and exit with `code` (2: bad input)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (`error: ...`) and exit code 2."""
+
+    def error(self, message):
+        fail(message)
 
 
 def run_main(main_fn):

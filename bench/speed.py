@@ -93,33 +93,106 @@ def sample_fn(model, prior, n0, upscale, mode, batch, steps, device, amp):
     return run
 
 
+def model_rows(args):
+    """(label, model name, constructor kwargs) for every benchmarked network."""
+    rows = [(f"{name} {profile}", name, models.model_kwargs(name, profile))
+            for name in args.models for profile in args.profiles]
+    if "paper" in args.profiles and {"unet", "cno"} <= set(args.models):
+        # a UNet with the parameter count of the reference CNO, for the CNO/UNet step ratio
+        rows.append(("unet ch=72 (CNO-paper size)", "unet",
+                     dict(models.model_kwargs("unet", "paper"), ch=72)))
+    return rows
+
+
 def bench_models(args, device, lines):
     prior = build_prior("standard", 28)
     lines += ["## Score networks", "",
               f"Training step: batch {args.batch}, 28x28, forward + backward + Adam. Sampling: "
               f"images/s of a {FULL_RUN_STEPS}-step Euler-Maruyama run (timed over "
-              f"{args.sample_steps} steps, batch {args.sample_batch}).", "",
-              "| model | profile | parameters | train step s | peak MiB | img/s 28 | img/s 56 native "
-              "| img/s 56 resample | 56 native / 28 per image |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for name in args.models:
-        for profile in args.profiles:
+              f"{args.sample_steps} steps; batch {args.sample_batch or 'automatic: 64 at 28, 16 at 56'}).", "",
+              "| model | parameters | train step s | train peak MiB | img/s 28 | img/s 56 native "
+              "| img/s 56 resample | 56 native / 28, time per image |",
+              "|---|---|---|---|---|---|---|---|"]
+    for label, name, kwargs in model_rows(args):
+        torch.manual_seed(0)
+        model = models.build_model(name, **kwargs).to(device)
+        params = models.count_parameters(model)
+        reset_peak(device)
+        step = median_time(train_step_fn(model, prior, args.batch, device, args.amp), args.repeats, device)
+        peak = peak_mib(device)
+        rates = {}
+        for key, upscale, mode in (("28", 1, "native"), ("56n", 2, "native"), ("56r", 2, "resample")):
+            batch = sde.auto_batch_size(28 * (upscale if mode == "native" else 1), device)
+            batch = args.sample_batch or batch
+            seconds = median_time(sample_fn(model, prior, 28, upscale, mode, batch, args.sample_steps,
+                                            device, args.amp), args.repeats, device)
+            rates[key] = batch / (seconds * FULL_RUN_STEPS / args.sample_steps)
+        ratio = rates["28"] / rates["56n"]
+        row = (f"| {label} | {params:,} | {step:.3f} | {peak:.0f} | {rates['28']:.2f} | "
+               f"{rates['56n']:.2f} | {rates['56r']:.2f} | {ratio:.2f}x |")
+        print(row, flush=True)
+        lines.append(row)
+    lines.append("")
+
+
+def bench_activation(args, device, lines):
+    """CNO activation: exact Fourier resampling (ours) against bicubic antialiased interpolation."""
+    from models.cno import CNOActivation
+
+    lines += ["## CNO activation: Fourier (ours) vs bicubic antialias (authors' pure-PyTorch)", "",
+              "One activation, batch 64, forward + backward.", "",
+              "| channels | grid in -> out | Fourier ms | bicubic ms | bicubic / Fourier |", "|---|---|---|---|---|"]
+    for channels, size, out in [(32, 28, 28), (32, 28, 14), (64, 14, 28), (64, 14, 14)]:
+        times = {}
+        for resampler in ("fourier", "bicubic"):
+            activation = CNOActivation(resampler)
+            h = torch.randn(64, channels, size, size, device=device, requires_grad=True)
+            times[resampler] = median_time(lambda: activation(h, out).sum().backward(), args.repeats + 2, device)
+        row = (f"| {channels} | {size} -> {out} | {1e3 * times['fourier']:.1f} | {1e3 * times['bicubic']:.1f} "
+               f"| {times['bicubic'] / times['fourier']:.2f}x |")
+        print(row, flush=True)
+        lines.append(row)
+    for profile in args.profiles:
+        step = {}
+        for resampler in ("fourier", "bicubic"):
             torch.manual_seed(0)
-            model = models.build_model(name, **models.model_kwargs(name, profile)).to(device)
-            params = models.count_parameters(model)
-            reset_peak(device)
-            step = median_time(train_step_fn(model, prior, args.batch, device, args.amp), args.repeats, device)
-            peak = peak_mib(device)
-            rates = {}
-            for label, upscale, mode in (("28", 1, "native"), ("56n", 2, "native"), ("56r", 2, "resample")):
-                seconds = median_time(sample_fn(model, prior, 28, upscale, mode, args.sample_batch,
-                                                args.sample_steps, device, args.amp), args.repeats, device)
-                rates[label] = args.sample_batch / (seconds * FULL_RUN_STEPS / args.sample_steps)
-            ratio = rates["28"] / rates["56n"]
-            row = (f"| {name} | {profile} | {params:,} | {step:.3f} | {peak:.0f} | {rates['28']:.2f} | "
-                   f"{rates['56n']:.2f} | {rates['56r']:.2f} | {ratio:.2f}x |")
-            print(row, flush=True)
-            lines.append(row)
+            kwargs = dict(models.model_kwargs("cno", profile), activation_resampler=resampler)
+            model = models.build_model("cno", **kwargs).to(device)
+            step[resampler] = median_time(train_step_fn(model, build_prior("standard", 28), args.batch,
+                                                        device, False), args.repeats, device)
+        row = (f"\nCNO {profile} training step (batch {args.batch}): Fourier {step['fourier']:.3f} s, "
+               f"bicubic {step['bicubic']:.3f} s ({step['bicubic'] / step['fourier']:.2f}x).")
+        print(row, flush=True)
+        lines.append(row)
+    lines.append("")
+
+
+def bench_variants(args, device, lines):
+    """Training-step time of the same model under channels-last, bf16 autocast, torch.compile."""
+    lines += ["## Variants (training step, batch 64, 28x28)", "",
+              "| model | eager fp32 s | channels-last s | bf16 autocast s | torch.compile s (compile time) |",
+              "|---|---|---|---|---|"]
+    prior = build_prior("standard", 28)
+    for label, name, kwargs in model_rows(args):
+        if label.startswith("unet ch=72"):
+            continue
+        figures = []
+        for variant in ("eager", "channels_last", "bf16", "compile"):
+            torch.manual_seed(0)
+            model = models.build_model(name, **kwargs).to(device)
+            net, amp = model, variant == "bf16"
+            if variant == "channels_last":
+                net = model.to(memory_format=torch.channels_last)
+            started = time.perf_counter()
+            if variant == "compile":
+                net = torch.compile(model)
+                train_step_fn(net, prior, args.batch, device, False)()  # compiles
+            compile_seconds = time.perf_counter() - started
+            seconds = median_time(train_step_fn(net, prior, args.batch, device, amp), args.repeats, device)
+            figures.append(f"{seconds:.3f}" + (f" ({compile_seconds:.0f} s)" if variant == "compile" else ""))
+        row = f"| {label} | " + " | ".join(figures) + " |"
+        print(row, flush=True)
+        lines.append(row)
     lines.append("")
 
 
@@ -140,11 +213,13 @@ def bench_mmd(args, device, lines):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--only", choices=["models", "mmd"], default=None, help="run one section")
+    parser.add_argument("--only", choices=["models", "activation", "variants", "mmd"], default=None,
+                        help="run one section (variants, which compiles models, runs only when named)")
     parser.add_argument("--models", nargs="+", default=list(models.MODELS), choices=list(models.MODELS))
     parser.add_argument("--profiles", nargs="+", default=["small", "paper"], choices=["small", "paper"])
     parser.add_argument("--batch", type=int, default=64, help="training batch size")
-    parser.add_argument("--sample_batch", type=int, default=64, help="sampling batch size")
+    parser.add_argument("--sample_batch", type=int, default=0,
+                        help="sampling batch size (0: the sampler's automatic choice per grid)")
     parser.add_argument("--sample_steps", type=int, default=4, help="timed sampler steps")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--mmd_sizes", type=int, nargs="+", default=[1000, 10000])
@@ -160,6 +235,10 @@ def main():
              f"torch {info['torch']}, python {info['python']}; {time.strftime('%Y-%m-%d')}", ""]
     if args.only in (None, "models"):
         bench_models(args, device, lines)
+    if args.only in (None, "activation"):
+        bench_activation(args, device, lines)
+    if args.only == "variants":
+        bench_variants(args, device, lines)
     if args.only in (None, "mmd"):
         bench_mmd(args, device, lines)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -33,10 +33,11 @@ Design decisions (see also the README):
 - Sizes follow the input: the network runs on a latent grid n_lat = n rounded up
   to a multiple of 2**n_levels (28 -> 32 for 3 levels), the input is Fourier-
   interpolated to it and the output Fourier-truncated back to n.
+
+`python bench/speed.py --only activation` compares the fourier and bicubic activations
+and CNO training steps with each.
 """
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ from models.embedding import FiLM, TimeEmbedding, group_norm
 from resample import fourier_resample
 
 # LeakyReLU(0.01), the slope of the paper and of the authors' pure-PyTorch CNO, so
-# the fourier/bicubic benchmark differs only in the resampler. StyleGAN3's
+# the fourier/bicubic benchmark differs only in the resampler (and in r for up blocks). StyleGAN3's
 # sqrt(2) * LReLU(0.2) is a gain chosen to keep unnormalised activations at unit
 # variance; here every activation follows a GroupNorm + FiLM, so the gain buys nothing.
 NEGATIVE_SLOPE = 0.01
@@ -107,8 +108,9 @@ def wrap_pad(h):
 class PeriodicConv3x3(nn.Conv2d):
     """3x3 convolution on the periodic grid: (W * h)_ij = sum_ab W_ab h_{(i+a) mod s, (j+b) mod s}.
 
-    Same as padding_mode="circular", which pads by slicing into a preallocated
-    tensor and was ~10% slower per training step on the CPU.
+    Same map as padding_mode="circular", whose pad copies slices into a new tensor
+    (and scatters them back in the backward pass); that was 5-15% slower per
+    training step on the 2-core CPU.
     """
 
     def __init__(self, in_channels, out_channels):
@@ -234,65 +236,3 @@ class CNO(nn.Module):
             h = self.up_blocks[j](h, emb, sizes[level - 1])
         h = torch.cat([h, self.bridge_blocks[0](skips[0], emb, sizes[0])], dim=1)
         return fourier_resample(self.project(h, emb), n)
-
-
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def median_seconds(fn, repeats=5, warmup=1):
-    """Median wall time of fn() over `repeats` calls after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def training_step_seconds(model, batch=64, n=28, repeats=5, warmup=1):
-    """Median time of one Adam step (forward, MSE backward, update) on random data."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x, target, t = torch.randn(batch, 1, n, n), torch.randn(batch, 1, n, n), torch.rand(batch)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        F.mse_loss(model(x, t), target).backward()
-        optimizer.step()
-
-    return median_seconds(step, repeats, warmup)
-
-
-def activation_seconds(resampler, shape, out_size, repeats=7):
-    """Median forward and forward+backward times of one CNO activation on `shape`."""
-    activation = CNOActivation(resampler)
-    h = torch.randn(shape, requires_grad=True)
-    forward = median_seconds(lambda: activation(h, out_size), repeats)
-    backward = median_seconds(lambda: activation(h, out_size).sum().backward(), repeats)
-    return forward, backward
-
-
-def benchmark(profiles=("small", "paper")):
-    """Print parameter counts, training-step times and fourier-vs-bicubic activation times."""
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name in profiles:
-        repeats = 5 if name == "small" else 3
-        for resampler in RESAMPLERS:
-            model = CNO(**PROFILES[name], activation_resampler=resampler)
-            seconds = training_step_seconds(model, repeats=repeats)
-            print(f"{name:6s} {resampler:8s} params {count_parameters(model):>10,d}   "
-                  f"train step (batch 64, 28x28) {seconds:.3f} s")
-    print("one activation, batch 64 (forward / forward+backward, ms):")
-    for channels, size, out_size in [(16, 28, 28), (32, 32, 32), (32, 32, 16), (128, 8, 8)]:
-        row = [f"  C={channels:3d} {size}->{out_size}:"]
-        for resampler in RESAMPLERS:
-            forward, both = activation_seconds(resampler, (64, channels, size, size), out_size)
-            row.append(f"{resampler} {1e3 * forward:6.1f} / {1e3 * both:6.1f}")
-        print("   ".join(row))
-
-
-if __name__ == "__main__":
-    benchmark()

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cno import CNO, NEGATIVE_SLOPE, PROFILES, CNOActivation, count_parameters
+from models import count_parameters
+from models.cno import CNO, NEGATIVE_SLOPE, PROFILES, CNOActivation
 from resample import fourier_resample
 
 TINY = dict(n_levels=2, n_res=1, n_res_neck=1, channel_multiplier=4, lift_channels=4, emb_dim=16)

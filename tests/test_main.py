@@ -71,6 +71,11 @@ BAD_FLAGS = [
     (["--model_arg", "no_such=1"], "--model_arg"),
     (["--num_samples_mmd", "5000"], "--num_samples_mmd"),
     (["--device", "tpu"], "--device"),
+    (["--model", "transformer"], "--model"),
+    (["--prior_name", "brownian"], "--prior_name"),
+    (["--n_epochs", "ten"], "--n_epochs"),
+    (["--val_every", "-1"], "--val_every"),
+    (["--save_model", "a/b"], "--save_model"),
 ]
 
 
@@ -80,6 +85,22 @@ def test_bad_values_are_refused_in_one_line(tmp_path, capsys, flags, named):
     assert code == 2
     assert err.startswith("error: ") and named in err and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_unwritable_out_dir_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, err = call([*tiny_args(tmp_path), "--out_dir", str(blocker / "runs")], capsys)
+    assert code == 2 and "--out_dir" in err and err.count("\n") == 1
+
+
+def test_missing_mnist_without_the_fallback_package_is_refused(tmp_path, capsys, monkeypatch):
+    import data
+    monkeypatch.setattr(data, "fallback_path", lambda: None)
+    monkeypatch.setattr(data, "_CACHE", {})
+    code, err = call(tiny_args(tmp_path), capsys)
+    assert code == 2 and "--data_root" in err and "fallback" in err
+    assert err.count("\n") == 1
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
