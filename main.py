@@ -23,9 +23,9 @@ import priors
 import sde
 from mmd import riesz_mmd
 from resample import fourier_resample
-from utils import (ArgumentParser, CHECKPOINT_FORMAT, UserError, atomic_torch_save, ensure_writable_dir,
-                   load_checkpoint, resolve_device, run_main, save_grid, timestamp, versions,
-                   write_json)
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, Distributed, UserError, atomic_torch_save,
+                   ensure_writable_dir, load_checkpoint, resolve_device, run_main, save_grid,
+                   timestamp, versions, write_json)
 
 
 def _opt(default, help, **kw):
@@ -60,8 +60,12 @@ class TrainConfig:
                                "quick checks")
     input_height: int = _opt(28, "training resolution n0 (images are n0 x n0)")
     n_epochs: int = _opt(20, "number of training epochs")
+    parametrization: str = _opt("noise", "what the network outputs: 'noise' (eta; the score is "
+                                         "a = -g/s net) or 'score' (a = net, the reference)",
+                                choices=list(sde.ScoreModel.PARAMETRIZATIONS))
     lr: float = _opt(1e-3, "Adam learning rate")
-    batch_size: int = _opt(64, "training batch size")
+    batch_size: int = _opt(64, "training batch size per process; under torchrun the global batch "
+                               "is batch_size x number of processes")
     ema_decay: float = _opt(0.999, "decay of the exponential moving average of the weights used "
                                    "for sampling (0 disables EMA)")
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: no clipping; the norm "
@@ -161,22 +165,42 @@ def prior_options(config):
 
 # ---------------------------------------------------------------- the run
 
+def ema_with_warmup(decay):
+    """EMA update theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + k) / (10 + k)).
+
+    k = updates so far. The warm-up keeps the average from clinging to the initial
+    weights (whose score is 0) in short runs: with d = 0.999 from the start, a run of
+    400 steps would still sample with 67% of the initialisation.
+    """
+    def update(ema_params, params, num_averaged):
+        k = float(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1 - min(decay, (1 + k) / (10 + k)))
+    return update
+
+
 class Run:
     """Everything a training run holds: data, prior, model, EMA, optimizer, RNG, history."""
 
-    def __init__(self, config, device):
+    def __init__(self, config, device, dist=None):
         self.config, self.device = config, device
+        self.dist = dist or Distributed()
         torch.manual_seed(config.seed)
         self.prior = priors.build_prior(config.prior_name, config.input_height,
                                         **prior_options(config)).to(device)
         overrides = models.parse_model_args(config.model_arg)
         self.model_kwargs = models.model_kwargs(config.model, config.profile, overrides)
-        self.model = models.build_model(config.model, **self.model_kwargs).to(device)
+        self.model = sde.ScoreModel(models.build_model(config.model, **self.model_kwargs),
+                                    config.parametrization).to(device)
         self.ema = None
         if config.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
+                self.model, multi_avg_fn=ema_with_warmup(config.ema_decay))
+        self.trained = self.model  # what the loss calls: the DDP wrapper under torchrun
+        if self.dist.active:
+            ids = [device.index] if device.type == "cuda" else None
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        # shared by all ranks: each takes its slice of every global batch (see train_epoch)
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
         self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
         self.epoch, self.step, self.best_mmd, self.history = 0, 0, math.inf, []
@@ -229,22 +253,42 @@ def _injected_fault(step):
     return os.environ.get(FAULT_ENV, "") == str(step)
 
 
+def global_batches(num_images, batch_size, world):
+    """Start offsets of the global batches (world * batch_size images) of one epoch.
+
+    Under torchrun an incomplete last global batch is dropped, so every rank gets a
+    slice of equal size; a single process keeps its last, smaller batch.
+    """
+    step = batch_size * world
+    end = num_images - num_images % step if world > 1 else num_images
+    return range(0, end, step)
+
+
 def train_epoch(run, images, progress=True):
-    """One pass over `images` in a seeded order; returns (mean loss, mean grad norm)."""
-    config = run.config
+    """One pass over `images` in a seeded order; returns (mean loss, mean grad norm).
+
+    Every rank draws the same permutation (the role of a DistributedSampler with
+    set_epoch) and takes slice `rank` of each global batch; the noise is drawn for the
+    global batch and sliced the same way (sde.dsm_loss), so W processes with batch B
+    follow the same trajectory as one process with batch W * B.
+    """
+    config, dist = run.config, run.dist
     order = torch.randperm(len(images), generator=run.data_generator)
     losses, norms = [], []
     run.model.train()
-    batches = range(0, len(images), config.batch_size)
-    bar = tqdm(batches, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", leave=False,
-               disable=not progress, unit="batch")
+    bar = tqdm(global_batches(len(images), config.batch_size, dist.world), leave=False,
+               desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="batch",
+               disable=not (progress and dist.is_main))
     for start in bar:
-        x0 = images[order[start:start + config.batch_size]].to(run.device, non_blocking=True)
-        loss = sde.dsm_loss(run.model, x0, run.prior, run.noise_generator)
+        chunk = order[start:start + config.batch_size * dist.world]
+        share = math.ceil(len(chunk) / dist.world)
+        x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
+        loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world))
         if _injected_fault(run.step + 1):
             loss = loss * math.nan
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {run.step + 1} (epoch "
+        mean_loss = dist.mean(loss.item())
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"loss is {mean_loss} at step {run.step + 1} (epoch "
                                    f"{run.epoch + 1}); stopped, the last checkpoint is untouched")
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,23 +301,34 @@ def train_epoch(run, images, progress=True):
         if run.ema is not None:
             run.ema.update_parameters(run.model)
         run.step += 1
-        losses.append(loss.item())
+        losses.append(mean_loss)
         norms.append(norm.item())
         bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}")
     return sum(losses) / len(losses), sum(norms) / len(norms)
 
 
 def validate_run(run, val_low, val_high, folder):
-    """Sample at n0, MMD against validation images at n0 and (Fourier-upsampled) at 2 n0."""
-    config = run.config
+    """Sample at n0, MMD against validation images at n0 and (Fourier-upsampled) at 2 n0.
+
+    Under torchrun each rank samples its share of the batches; rank 0 gathers them
+    (the same images a single process would draw), scores and broadcasts the figures.
+    """
+    config, dist = run.config, run.dist
     n0 = config.input_height
-    samples = sde.generate(run.sampling_model, run.prior, len(val_low), n0, upscale=1,
-                           seed=config.seed, batch_size=config.sample_batch_size or None,
-                           num_steps=config.num_steps, device=run.device,
-                           desc=f"validation samples {n0}x{n0}", show_progress=bool(config.progress))
-    upsampled = fourier_resample(samples, 2 * n0).clamp(0, 1)
-    save_grid(samples[:64], os.path.join(folder, f"samples_epoch{run.epoch:04d}.png"), nrow=8)
-    return {"mmd_n0": riesz_mmd(samples, val_low), "mmd_2n0": riesz_mmd(upsampled, val_high)}
+    batch = config.sample_batch_size or sde.auto_batch_size(n0, run.device)
+    mine = sde.generate(run.sampling_model, run.prior, len(val_low), n0, upscale=1,
+                        seed=config.seed, batch_size=batch, num_steps=config.num_steps,
+                        device=run.device, desc=f"validation samples {n0}x{n0}",
+                        show_progress=bool(config.progress) and dist.is_main,
+                        shard=(dist.rank, dist.world))
+    parts = dist.gather(mine)
+    figures = None
+    if dist.is_main:
+        samples = sde.interleave_shards(parts, batch)
+        upsampled = fourier_resample(samples, 2 * n0).clamp(0, 1)
+        save_grid(samples[:64], os.path.join(folder, f"samples_epoch{run.epoch:04d}.png"), nrow=8)
+        figures = {"mmd_n0": riesz_mmd(samples, val_low), "mmd_2n0": riesz_mmd(upsampled, val_high)}
+    return dist.broadcast(figures)
 
 
 def log_row(folder, row):
@@ -312,16 +367,14 @@ def prepare_run_folder(config, argv):
     if os.sep in config.save_model or config.save_model in ("", ".", ".."):
         raise UserError(f"--save_model {config.save_model!r}: expected a plain run name")
     folder = os.path.join(config.out_dir, config.save_model)
-    last = os.path.join(folder, "last.pt")
     if config.resume:
-        state = load_checkpoint(last)
-        check_resume_flags(config, state["config"], explicit_flags(argv))
-        return folder, state
+        load_checkpoint(os.path.join(folder, "last.pt"))  # refuses a missing or bad file here
+        return folder
     if os.path.exists(folder) and os.listdir(folder):
         raise UserError(f"run folder {folder} already exists; pass --resume to continue it or "
                         f"choose another --save_model")
     ensure_writable_dir(folder, "--save_model")
-    return folder, None
+    return folder
 
 
 def check_resume_flags(config, saved, given):
@@ -336,48 +389,94 @@ def check_resume_flags(config, saved, given):
 
 
 def train(config, argv=()):
-    """Train according to `config`; returns the run folder."""
+    """Train according to `config`; returns the Run (its folder is run.folder).
+
+    Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes the
+    run folder, logs, grids and checkpoints, the others wait for it at barriers.
+    """
+    dist = Distributed()
     validate(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    folder, saved = prepare_run_folder(config, argv)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    dist.start(device)
+    folder, saved = prepare_run_folder_on_main(config, argv, dist)
     train_images, val_low, val_high, source = load_training_data(config)
-    run = Run(config, device)
+    run = Run(config, device, dist)
     if saved is not None:
         run.load_state(saved)
-        print(f"resuming {folder} after epoch {run.epoch} (step {run.step})")
-    write_json({"config": dataclasses.asdict(config), "model_kwargs": run.model_kwargs,
-                "parameters": models.count_parameters(run.model), "data": source,
-                "train_images": len(train_images), "versions": versions()},
-               os.path.join(folder, "config.json"))
-    print(f"{config.model} ({models.count_parameters(run.model):,} parameters), prior "
-          f"{config.prior_name}, {len(train_images)} training images, device {device}, run {folder}")
-    progress = bool(config.progress)
+        say(dist, f"resuming {folder} after epoch {run.epoch} (step {run.step})")
+    if dist.is_main:
+        write_json({"config": dataclasses.asdict(config), "model_kwargs": run.model_kwargs,
+                    "parameters": models.count_parameters(run.model), "data": source,
+                    "train_images": len(train_images), "world_size": dist.world,
+                    "global_batch": config.batch_size * dist.world, "versions": versions()},
+                   os.path.join(folder, "config.json"))
+    say(dist, f"{config.model} ({models.count_parameters(run.model):,} parameters), prior "
+              f"{config.prior_name}, {len(train_images)} training images, device {device}, "
+              f"{dist.world} process(es), global batch {config.batch_size * dist.world}, run {folder}")
     while run.epoch < config.n_epochs:
-        started = time.time()
+        run_epoch(run, train_images, val_low, val_high, folder)
+    say(dist, f"done: {folder} (best MMD at {config.input_height}: {run.best_mmd:.4f})")
+    dist.stop()
+    run.folder = folder
+    return run
+
+
+def say(dist, message):
+    if dist.is_main:
+        print(message, flush=True)
+
+
+def prepare_run_folder_on_main(config, argv, dist):
+    """prepare_run_folder on rank 0, its verdict on every rank; the saved state to resume."""
+    error, folder = None, None
+    if dist.is_main:
         try:
-            loss, grad_norm = train_epoch(run, train_images, progress)
-        except TrainingDiverged as error:
-            raise UserError(str(error))
-        run.epoch += 1
-        row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
-               "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": ""}
-        last_epoch = run.epoch == config.n_epochs
-        if last_epoch or (config.val_every and run.epoch % config.val_every == 0):
-            row.update(validate_run(run, val_low, val_high, folder))
-            if row["mmd_n0"] < run.best_mmd:
-                run.best_mmd = row["mmd_n0"]
+            folder = prepare_run_folder(config, argv)
+        except UserError as refused:
+            error = str(refused)
+    error, folder = dist.broadcast((error, folder))
+    if error:
+        raise UserError(error)
+    config.save_model = os.path.basename(folder)
+    if not config.resume:
+        return folder, None
+    state = load_checkpoint(os.path.join(folder, "last.pt"))
+    check_resume_flags(config, state["config"], explicit_flags(argv))
+    return folder, state
+
+
+def run_epoch(run, train_images, val_low, val_high, folder):
+    """Train one epoch, validate if due, log, and write the checkpoints (rank 0)."""
+    config, dist = run.config, run.dist
+    started = time.time()
+    try:
+        loss, grad_norm = train_epoch(run, train_images, bool(config.progress))
+    except TrainingDiverged as error:
+        raise UserError(str(error))
+    run.epoch += 1
+    row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
+           "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": ""}
+    if run.epoch == config.n_epochs or (config.val_every and run.epoch % config.val_every == 0):
+        row.update(validate_run(run, val_low, val_high, folder))
+        row["seconds"] = time.time() - started  # training and validation
+        if row["mmd_n0"] < run.best_mmd:
+            run.best_mmd = row["mmd_n0"]
+            if dist.is_main:
                 atomic_torch_save(run.state(), os.path.join(folder, "best.pt"))
-        run.history.append(row)
+    run.history.append(row)
+    if dist.is_main:
         log_row(folder, row)
         atomic_torch_save(run.state(), os.path.join(folder, "last.pt"))
-        mmd_text = f", MMD {row['mmd_n0']:.4f} @{config.input_height}, {row['mmd_2n0']:.4f} " \
-                   f"@{2 * config.input_height}" if row["mmd_n0"] != "" else ""
+        mmd_text = (f", MMD {row['mmd_n0']:.4f} @{config.input_height}, {row['mmd_2n0']:.4f} "
+                    f"@{2 * config.input_height}" if row["mmd_n0"] != "" else "")
         tqdm.write(f"epoch {run.epoch}: loss {loss:.3f}, grad norm {grad_norm:.2f}, "
                    f"{row['seconds']:.1f} s{mmd_text}")
-    print(f"done: {folder} (best MMD at {config.input_height}: {run.best_mmd:.4f})")
-    return folder
+    dist.barrier()
 
 
 def main(argv=None):

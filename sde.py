@@ -15,6 +15,7 @@ y <- y + D (g a(y, tau) + 1/2 b(tau) y) + sqrt(D) g eta,  eta = A z fresh each s
 import math
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from resample import resample, truncate_noise
@@ -42,17 +43,48 @@ def _per_image(v):
     return v.reshape(-1, 1, 1, 1)
 
 
-def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS):
+class ScoreModel(nn.Module):
+    """The score network a(y, t) built from a raw network `net`.
+
+    parametrization 'noise' (default): a(y, t) = -(g(t) / s(t)) net(y, t). The network
+    predicts the prior noise eta, an O(1) target at every t, and the loss becomes
+    1/2 |eta - net(X_t, t)|^2; same objective and optimum a = g Q grad log p_t, but the
+    reference parametrization ('score', a = net) asks the network for outputs of size
+    g/s ~ 300 at small t, which trains far slower.
+    """
+
+    PARAMETRIZATIONS = ("noise", "score")
+
+    def __init__(self, net, parametrization="noise"):
+        super().__init__()
+        if parametrization not in self.PARAMETRIZATIONS:
+            raise ValueError(f"unknown parametrization {parametrization!r}: expected 'noise' or 'score'")
+        self.net, self.parametrization = net, parametrization
+
+    def forward(self, y, t):
+        out = self.net(y, t)
+        if self.parametrization == "score":
+            return out
+        t = t.to(out.dtype)
+        return -(beta(t).sqrt() / noise_std(t)).reshape(-1, 1, 1, 1) * out
+
+
+def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1)):
     """Denoising score-matching loss, summed over pixels, averaged over the batch.
 
     t ~ U(t_eps, 1) per image, eta = A z, X_t = m X_0 + s eta,
     loss = mean_batch 1/2 sum_pixels (a(X_t, t) s / g + eta)^2.
     Random numbers come from `generator` on the CPU (same on every device).
+    shard=(rank, world): x0 is slice `rank` of a global batch of world * len(x0) images;
+    t and eta are drawn for the whole global batch (the generator is shared by all
+    ranks) and sliced, so W processes reproduce one process with batch W * len(x0).
     """
+    rank, world = shard
     batch = x0.shape[0]
-    t = t_eps + (1 - t_eps) * torch.rand(batch, generator=generator)
-    t = t.to(device=x0.device, dtype=x0.dtype)
-    eta = prior.sample(x0.shape, generator, x0.device, x0.dtype)
+    mine = slice(rank * batch, (rank + 1) * batch)
+    t = t_eps + (1 - t_eps) * torch.rand(world * batch, generator=generator)
+    t = t[mine].to(device=x0.device, dtype=x0.dtype)
+    eta = prior.sample((world * batch, *x0.shape[1:]), generator, x0.device, x0.dtype)[mine]
     m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
     x_t = m * x0 + s * eta
     residual = score_net(x_t, t) * s / g + eta
@@ -111,7 +143,7 @@ def auto_batch_size(n, device):
 
 def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0,
              batch_size=None, num_steps=200, device=None, interp="fourier", desc=None,
-             show_progress=True):
+             show_progress=True, shard=(0, 1)):
     """num_samples images at resolution upscale * n0, in batches, on `device`.
 
     mode 'native':   run the reverse SDE on the (upscale n0)-grid, noise drawn there.
@@ -120,7 +152,8 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
                      with `interp` ('fourier' or 'bicubic'), clamp to [0, 1].
     Batch b uses the generator `batch_generator(seed, b)`, so a result depends on
     (seed, batch_size) only. batch_size None: `auto_batch_size` of the grid the SDE runs
-    on. Returns a CPU float32 tensor.
+    on. Returns a CPU float32 tensor. shard=(rank, world): only the batches b with
+    b % world == rank (their concatenation, in order); `interleave_shards` rebuilds the whole.
     """
     if mode not in ("native", "resample"):
         raise ValueError(f"unknown sample mode {mode!r}: expected 'native' or 'resample'")
@@ -129,11 +162,12 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     batch_size = batch_size or auto_batch_size(grid, device)
     was_training = score_net.training
     score_net.eval()
-    num_batches = math.ceil(num_samples / batch_size)
+    rank, world = shard
+    mine = range(rank, math.ceil(num_samples / batch_size), world)
     out = []
-    with tqdm(total=num_batches * num_steps, desc=desc or f"sampling {mode} {n}x{n}",
+    with tqdm(total=len(mine) * num_steps, desc=desc or f"sampling {mode} {n}x{n}",
               unit="step", disable=not show_progress, leave=False) as bar:
-        for b in range(num_batches):
+        for b in mine:
             size = min(batch_size, num_samples - b * batch_size)
             y = euler_maruyama(score_net, prior, (size, 1, grid, grid), num_steps,
                                batch_generator(seed, b), device, noise_grid=n, progress=bar)
@@ -141,4 +175,13 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
                 y = resample(y, n, interp).clamp(0, 1)
             out.append(y.float().cpu())
     score_net.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, 1, n, n)
+
+
+def interleave_shards(parts, batch_size):
+    """Undo the sharding of `generate`: parts[r] holds batches r, r + W, ... of batch_size."""
+    chunks = [list(part.split(batch_size)) for part in parts]
+    ordered = []
+    for i in range(max(len(c) for c in chunks)):
+        ordered += [c[i] for c in chunks if i < len(c)]
+    return torch.cat(ordered)

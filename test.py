@@ -44,6 +44,11 @@ def build_parser():
                         help="how to sample at K*n0 (see module docstring)")
     parser.add_argument("--resample_interp", default="fourier", choices=["fourier", "bicubic"],
                         help="interpolation from n0 to K*n0 in resample mode")
+    parser.add_argument("--resample_noise", default="fine", choices=["fine", "n0"],
+                        help="resample mode: 'fine' draws fresh noise on the K*n0 grid and truncates "
+                             "it (the protocol); 'n0' reuses the n0 samples, whose noise has the same "
+                             "law (a truncated fine-grid field is distributed as n0 noise), which "
+                             "saves one sampling run")
     parser.add_argument("--input_height", type=int, default=None,
                         help="training resolution n0 (default and only accepted value: the checkpoint's)")
     parser.add_argument("--num_samples_mmd", type=int, default=1000,
@@ -78,7 +83,8 @@ def restore(state, device, weights="ema"):
     """(score network in eval mode, prior, training config) from a checkpoint dict."""
     prior = priors.prior_from_config(state["prior_config"])
     prior.load_state_dict(state["prior"])
-    model = models.build_model(state["model_name"], **state["model_kwargs"])
+    net = models.build_model(state["model_name"], **state["model_kwargs"])
+    model = sde.ScoreModel(net, state["config"]["parametrization"])
     if weights == "ema" and state.get("ema") is not None:
         ema_weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         model.load_state_dict(ema_weights)
@@ -154,16 +160,26 @@ def evaluate(args, state, device, folder):
         save_grid(samples[:64], os.path.join(folder, grid_name), nrow=8)
         return samples, time.time() - started, grid_name
 
+    def reuse_n0(upscale):
+        started = time.time()
+        samples = resample(base, upscale * n0, args.resample_interp).clamp(0, 1)
+        grid_name = f"samples_{upscale * n0}_resample.png"
+        save_grid(samples[:64], os.path.join(folder, grid_name), nrow=8)
+        return samples, time.time() - started + base_seconds, grid_name
+
     rows = []
-    samples, seconds, grid = draw(args.num_samples_mmd, 1, "native")
+    base, base_seconds, grid = draw(args.num_samples_mmd, 1, "native")
     rows.append({"resolution": n0, "upscale": 1, "mode": "n0", "n": args.num_samples_mmd,
-                 **score(samples, refs, 1, args.num_samples_mmd, False), "sample_seconds": seconds,
+                 **score(base, refs, 1, args.num_samples_mmd, False), "sample_seconds": base_seconds,
                  "grid": grid})
     modes = ["native", "resample"] if args.sample_mode == "both" else [args.sample_mode]
     for upscale in sorted(set(args.upscale) - {1}):
         for mode in modes:
             count = native_count if mode == "native" else args.num_samples_mmd
-            samples, seconds, grid = draw(count, upscale, mode)
+            if mode == "resample" and args.resample_noise == "n0":
+                samples, seconds, grid = reuse_n0(upscale)
+            else:
+                samples, seconds, grid = draw(count, upscale, mode)
             label = mode if mode == "native" else f"resample-{args.resample_interp}"
             rows.append({"resolution": upscale * n0, "upscale": upscale, "mode": label, "n": count,
                          **score(samples, refs, upscale, count, True), "sample_seconds": seconds,
@@ -196,6 +212,7 @@ def main(argv=None):
     rows, source = evaluate(args, state, device, folder)
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
               "seed": args.seed, "num_steps": args.num_steps, "data": source,
+              "resample_noise": args.resample_noise, "resample_interp": args.resample_interp,
               "model": state["model_name"], "prior": state["prior_config"], "results": rows,
               "train_config": state["config"], "versions": versions()}
     write_json(result, os.path.join(folder, "results.json"))

@@ -159,6 +159,63 @@ def resolve_device(name):
     return device
 
 
+# ---------------------------------------------------------------- torchrun
+
+class Distributed:
+    """World size, rank and local rank of this process (1, 0, 0 without torchrun)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def active(self):
+        return self.world > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def start(self, device):
+        """Join the process group started by torchrun: NCCL on GPUs, Gloo on the CPU."""
+        if self.active and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    def barrier(self):
+        if self.active:
+            torch.distributed.barrier()
+
+    def mean(self, value):
+        """Average a float over the processes (identity without torchrun)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return tensor.item() / self.world
+
+    def gather(self, obj):
+        """List of every process's `obj`, in rank order."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every process."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def stop(self):
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 # ---------------------------------------------------------------- images
 
 def save_grid(images, path, nrow=None):

@@ -58,11 +58,11 @@ PROFILES = {
     # the paper's graph, narrow and shallow (lift = d_e / 2 as in the original):
     # ~0.37M parameters, a training step (batch 64, 28x28) in ~0.4 s on 2 CPU cores.
     "small": dict(n_levels=3, n_res=1, n_res_neck=2, channel_multiplier=16, lift_channels=8,
-                  emb_dim=64),
+                  emb_dim=64, input_skip=True),
     # the reference size (CNO2d: 3 levels, 4 + 4 ResNet blocks, d_e = 64, lift 32), for a GPU:
     # 13.4M parameters, 5.2M of them in the FiLM layers (emb_dim 512).
     "paper": dict(n_levels=3, n_res=4, n_res_neck=4, channel_multiplier=64, lift_channels=32,
-                  emb_dim=512),
+                  emb_dim=512, input_skip=True),
 }
 
 
@@ -183,7 +183,7 @@ class CNO(nn.Module):
 
     def __init__(self, in_channels=1, out_channels=1, n_levels=3, n_res=4, n_res_neck=4,
                  channel_multiplier=64, lift_channels=32, emb_dim=512,
-                 activation_resampler="fourier", latent_multiple=None):
+                 activation_resampler="fourier", latent_multiple=None, input_skip=False):
         super().__init__()
         self.n_levels = int(n_levels)
         self.latent_multiple = int(latent_multiple or 2 ** self.n_levels)
@@ -200,13 +200,22 @@ class CNO(nn.Module):
         self.skip_stacks = nn.ModuleList(ResidualStack(enc[i], n_res, emb_dim, act) for i in range(N))
         self.neck = ResidualStack(enc[N], n_res_neck, emb_dim, act)
         # bridge_blocks[i] carries level i (the neck for i = N) to the decoder's grid on level i
-        self.bridge_blocks = nn.ModuleList(CNOBlock(enc[i], enc[i], emb_dim, act) for i in range(N + 1))
+        # no norm on the bridges (the CNO's U-Net skips): they carry each sample's own level and
+        # scale from the residual streams to the decoder, as the original's BatchNorm (a fixed
+        # affine map at evaluation) does; a per-sample norm there would erase them
+        self.bridge_blocks = nn.ModuleList(CNOBlock(enc[i], enc[i], emb_dim, act, normalize=False)
+                                           for i in range(N + 1))
         # up block j takes level N-j to level N-j-1; below the neck its input has a skip concatenated
         self.up_blocks = nn.ModuleList(
             CNOBlock(enc[N - j] * (1 if j == 0 else 2), enc[N - j - 1], emb_dim, act) for j in range(N))
         self.project = LiftProjectBlock(2 * lift_channels, lift_channels, out_channels, emb_dim, act)
         nn.init.zeros_(self.project.conv.weight)  # the score starts at 0
         nn.init.zeros_(self.project.conv.bias)
+        # optional linear path y -> output with a per-t, per-channel gain (zero at start)
+        self.input_skip = nn.Linear(emb_dim, out_channels * in_channels) if input_skip else None
+        if self.input_skip is not None:
+            nn.init.zeros_(self.input_skip.weight)
+            nn.init.zeros_(self.input_skip.bias)
 
     def latent_size(self, n):
         """n rounded up to a multiple of 2**n_levels (or of latent_multiple)."""
@@ -235,4 +244,8 @@ class CNO(nn.Module):
                 h = torch.cat([h, self.bridge_blocks[level](skips[level], emb, sizes[level])], dim=1)
             h = self.up_blocks[j](h, emb, sizes[level - 1])
         h = torch.cat([h, self.bridge_blocks[0](skips[0], emb, sizes[0])], dim=1)
-        return fourier_resample(self.project(h, emb), n)
+        out = fourier_resample(self.project(h, emb), n)
+        if self.input_skip is not None:
+            gain = self.input_skip(emb).reshape(x.shape[0], out.shape[1], x.shape[1])
+            out = out + torch.einsum("boi,bihw->bohw", gain, x)
+        return out

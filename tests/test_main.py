@@ -163,3 +163,20 @@ def test_diverging_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, ca
 def test_huge_learning_rate_is_caught_as_divergence(tmp_path, capsys):
     code, err = call(tiny_args(tmp_path, "--n_epochs", "3", "--lr", "1e30"), capsys)
     assert code == 2 and "at step" in err and "Traceback" not in err
+
+
+def test_ema_warms_up_then_decays_at_the_given_rate():
+    """theta_ema <- d theta_ema + (1 - d) theta with d = min(decay, (1 + k) / (10 + k))."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=main.ema_with_warmup(0.9))
+    expected = model.weight.detach().clone()  # the first update copies the weights
+    for k in range(30):
+        with torch.no_grad():
+            model.weight.fill_(float(k))
+        ema.update_parameters(model)
+        if k == 0:
+            expected = model.weight.detach().clone()
+        else:
+            d = min(0.9, (1 + (k)) / (10 + (k)))
+            expected = d * expected + (1 - d) * model.weight.detach()
+    assert torch.allclose(ema.module.weight, expected)

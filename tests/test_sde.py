@@ -148,3 +148,22 @@ def test_denoising_loss_decreases_on_a_tiny_overfit():
         optimizer.step()
     after = fixed_loss()
     assert after < 0.7 * before, (before, after)
+
+
+def test_noise_parametrization_turns_the_loss_into_noise_regression(generator):
+    """a = -(g/s) net makes 1/2 |a s/g + eta|^2 = 1/2 |eta - net|^2 (same objective, O(1) target)."""
+    class Constant(torch.nn.Module):
+        def forward(self, y, t):
+            return torch.full_like(y, 0.25)
+
+    prior = build_prior("lap_conv", N0)
+    x0 = torch.rand(5, 1, N0, N0, dtype=torch.float64)
+    model = sde.ScoreModel(Constant(), "noise")
+    loss = sde.dsm_loss(model, x0, prior, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    torch.rand(5, generator=gen)  # the loss draws t first, then eta
+    eta = prior.sample(x0.shape, gen, dtype=torch.float64)
+    assert loss.item() == pytest.approx(0.5 * (eta - 0.25).pow(2).flatten(1).sum(1).mean().item(), rel=1e-9)
+    assert torch.equal(sde.ScoreModel(Constant(), "score")(x0, torch.rand(5)), torch.full_like(x0, 0.25))
+    with pytest.raises(ValueError, match="parametrization"):
+        sde.ScoreModel(Constant(), "velocity")

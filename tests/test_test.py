@@ -56,6 +56,15 @@ def test_evaluation_reports_every_mode_with_floors_and_oracles(trained, tmp_path
     assert {"results.md", "samples_28_native.png", "samples_56_resample.png"} <= set(os.listdir(results))
 
 
+def test_resample_rows_can_reuse_the_n0_samples(trained, tmp_path, capsys):
+    code, out = evaluate(trained, "--upscale", "2", "--sample_mode", "resample", "--resample_noise", "n0",
+                         "--results_dir", str(tmp_path / "r"), capsys=capsys)
+    assert code == 0, out.err
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["results"]
+    assert [r["mode"] for r in rows] == ["n0", "resample-fourier"]
+    assert rows[1]["n"] == rows[0]["n"] and rows[1]["mmd"] > 0
+
+
 def test_results_are_reproducible_from_the_seed(trained, tmp_path, capsys):
     figures = []
     for name in ("a", "b"):

@@ -1,0 +1,326 @@
+"""Reproduce the results table with one command: train and evaluate every model x prior x seed.
+
+    python reproduce.py --profile cpu --data_root ~/mnist           # the CPU table (hours)
+    python reproduce.py --profile cpu --full                        # + fno, combined_conv, matern
+    python reproduce.py --profile paper --device cuda               # reference sizes, GPU
+
+Each run trains with main.py's code into RUNS_DIR/PROFILE/MODEL_PRIOR_sSEED (resumed if
+interrupted, skipped when finished), is evaluated with test.py's code at n0, at 2 n0 in
+resample mode and at 2 n0 natively, and leaves results/runs/PROFILE/MODEL_PRIOR_sSEED.json.
+After every run the summary is rebuilt from all finished runs: results/table.md (mean +- sd
+over seeds, n per column, floors and upsample oracles at that n, wall times),
+results/runs.csv, sample grids results/samples_MODEL_PRIOR.png (28 | 56 resample | 56
+native) and results/val_mmd.png. A second invocation finds everything done and only
+rebuilds the summary. --commit commits results/ after each finished run.
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import main as training
+import test as evaluation
+from utils import UserError, load_checkpoint, run_main, save_grid, versions, write_json
+
+BASE_PRIORS = ["standard", "lap_conv"]
+FULL_PRIORS = BASE_PRIORS + ["combined_conv", "fno", "matern"]
+MODELS = ["unet", "fno", "cno"]
+
+# Chosen from the measurements in results/sweep.md: per model the size whose training
+# step and sampling cost fit the CPU budget (training <= 20 min, the table <= 8 h).
+PROFILES = {
+    "cpu": {
+        "train": {"profile": "small", "subset": 0, "batch_size": 64, "lr": 1e-3, "val_every": 1,
+                  "num_samples_mmd": 128},
+        "models": {
+            "unet": {"n_epochs": 2, "model_arg": ["ch=16"]},
+            "fno": {"n_epochs": 2, "model_arg": []},
+            "cno": {"n_epochs": 2, "model_arg": []},
+        },
+        # native 56 costs ~3.5x a 28 sample: n = 250 and seed 0 only
+        "eval": {"num_samples_mmd": 1000, "num_samples_native": 250, "resample_noise": "n0",
+                 "native_seeds": [0]},
+    },
+    "paper": {
+        "train": {"profile": "paper", "subset": 1, "batch_size": 64, "lr": 1e-3, "val_every": 50,
+                  "num_samples_mmd": 1000},
+        "models": {name: {"n_epochs": 501, "model_arg": []} for name in MODELS},
+        "eval": {"num_samples_mmd": 1000, "num_samples_native": 1000, "resample_noise": "fine",
+                 "native_seeds": None},
+    },
+}
+
+
+def build_parser():
+    parser = evaluation.ArgumentParser(
+        description="Train and evaluate every model x prior x seed and write results/table.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--profile", default="cpu", choices=list(PROFILES),
+                        help="'cpu': small models sized for a 2-core CPU; 'paper': reference sizes")
+    parser.add_argument("--full", action="store_true",
+                        help="also the priors combined_conv, fno and matern (trace class)")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="models to run")
+    parser.add_argument("--priors", nargs="+", default=None, choices=FULL_PRIORS,
+                        help="priors to run (default: standard lap_conv, or all five with --full)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--data_root", default="./data", help="MNIST root (torchvision layout)")
+    parser.add_argument("--runs_dir", default="runs/reproduce", help="checkpoints and logs (not committed)")
+    parser.add_argument("--results", default="results", help="folder for the table, CSV, grids, plots")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--native_seeds", type=int, nargs="+", default=None,
+                        help="seeds that get the native-56 evaluation (default: the profile's; "
+                             "cpu: seed 0, paper: all)")
+    parser.add_argument("--commit", action="store_true", help="git-commit results/ after each finished run")
+    parser.add_argument("--summary_only", action="store_true", help="only rebuild the summary")
+    parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
+    return parser
+
+
+def run_name(model, prior, seed):
+    return f"{model}_{prior}_s{seed}"
+
+
+def train_run(args, settings, model, prior, seed, folder):
+    """Train (or resume, or skip) one run; returns the training config used."""
+    name = run_name(model, prior, seed)
+    options = {**settings["train"], **settings["models"][model]}
+    config = training.TrainConfig(model=model, prior_name=prior, seed=seed, data_root=args.data_root,
+                                  out_dir=folder, save_model=name, device=args.device,
+                                  progress=args.progress, **options)
+    last = os.path.join(folder, name, "last.pt")
+    if os.path.exists(last):
+        if load_checkpoint(last)["epoch"] >= config.n_epochs:
+            return config
+        config.resume = True
+    print(f"[reproduce] training {name} ({'resuming' if config.resume else 'new'})", flush=True)
+    training.train(config)
+    return config
+
+
+def evaluate_run(args, settings, model, prior, seed, folder, out_json):
+    """Evaluate the last checkpoint of a run (EMA weights) at 28, 56 resample and 56 native."""
+    name = run_name(model, prior, seed)
+    run_folder = os.path.join(folder, name)
+    native_seeds = args.native_seeds if args.native_seeds is not None else settings["eval"]["native_seeds"]
+    native = native_seeds is None or seed in native_seeds
+    flags = ["--save_model", run_folder, "--checkpoint", "last", "--upscale", "2",
+             "--sample_mode", "both" if native else "resample", "--seed", str(seed),
+             "--data_root", args.data_root, "--device", args.device, "--progress", str(args.progress),
+             "--results_dir", os.path.join(run_folder, "eval"),
+             "--num_samples_mmd", str(settings["eval"]["num_samples_mmd"]),
+             "--num_samples_native", str(settings["eval"]["num_samples_native"]),
+             "--resample_noise", settings["eval"]["resample_noise"]]
+    eval_args = evaluation.build_parser().parse_args(flags)
+    state = load_checkpoint(os.path.join(run_folder, "last.pt"))
+    device = evaluation.resolve_device(args.device)
+    os.makedirs(eval_args.results_dir, exist_ok=True)
+    print(f"[reproduce] evaluating {name}", flush=True)
+    started = time.time()
+    rows, source = evaluation.evaluate(eval_args, state, device, eval_args.results_dir)
+    train_seconds = sum(float(row["seconds"]) for row in state["history"])
+    record = {"model": model, "prior": prior, "seed": seed, "profile": args.profile,
+              "epochs": state["epoch"], "steps": state["step"], "train_seconds": train_seconds,
+              "eval_seconds": time.time() - started, "data": source, "results": rows,
+              "history": [{k: row[k] for k in ("epoch", "loss", "mmd_n0", "mmd_2n0")} for row in state["history"]],
+              "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions()}
+    write_json(record, out_json)
+
+
+def finished_records(results_dir, profile):
+    folder = os.path.join(results_dir, "runs", profile)
+    if not os.path.isdir(folder):
+        return []
+    return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+
+
+def column(record, mode):
+    for row in record["results"]:
+        if row["mode"] == mode or (mode == "resample" and row["mode"].startswith("resample")):
+            return row
+    return None
+
+
+def mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f} (1 seed)"
+    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+def write_runs_csv(records, path):
+    fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
+              "mmd_56_resample", "n_56_resample", "mmd_56_native", "n_56_native", "floor_28",
+              "floor_56", "oracle_56_fourier", "oracle_56_bicubic"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in records:
+            low, res, nat = column(r, "n0"), column(r, "resample"), column(r, "native")
+            writer.writerow({
+                "model": r["model"], "prior": r["prior"], "seed": r["seed"], "epochs": r["epochs"],
+                "train_minutes": f"{r['train_seconds'] / 60:.1f}", "eval_minutes": f"{r['eval_seconds'] / 60:.1f}",
+                "mmd_28": f"{low['mmd']:.5f}", "n_28": low["n"],
+                "mmd_56_resample": f"{res['mmd']:.5f}" if res else "", "n_56_resample": res["n"] if res else "",
+                "mmd_56_native": f"{nat['mmd']:.5f}" if nat else "", "n_56_native": nat["n"] if nat else "",
+                "floor_28": f"{low['floor_real']:.5f}", "floor_56": f"{res['floor_real']:.5f}" if res else "",
+                "oracle_56_fourier": f"{res['oracle_fourier']:.5f}" if res else "",
+                "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else ""})
+
+
+def table_markdown(records, profile, total_seconds):
+    """results/table.md: one block per prior, mean +- sd over seeds, floors at the same n."""
+    lines = [f"# Results: profile `{profile}`", "",
+             f"Command: `python reproduce.py --profile {profile}` (add `--full` for all priors). "
+             f"MMD: Riesz kernel, V-statistic, against MNIST test images; mean +- sd over training "
+             f"seeds; n samples per column as stated. Runs finished: {len(records)}; total wall time "
+             f"{total_seconds / 3600:.2f} h (training + evaluation).", ""]
+    if records:
+        info = records[0]["versions"]
+        lines += [f"Hardware: {info['platform']}, torch threads {info['cpu_threads']}, "
+                  f"GPU: {info['cuda'] or 'none'}; torch {info['torch']}; data: {records[0]['data']}.", ""]
+    priors = [p for p in FULL_PRIORS if any(r["prior"] == p for r in records)]
+    for prior in priors:
+        group = [r for r in records if r["prior"] == prior]
+        n28 = group[0]["results"][0]["n"]
+        res_n = next((column(r, "resample")["n"] for r in group if column(r, "resample")), "-")
+        nat_n = next((column(r, "native")["n"] for r in group if column(r, "native")), "-")
+        lines += [f"## Prior `{prior}`", "",
+                  f"| model | seeds | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native (n={nat_n}) "
+                  f"| train min / run | eval min / run |", "|---|---|---|---|---|---|---|"]
+        for model in MODELS:
+            runs = [r for r in group if r["model"] == model]
+            if not runs:
+                continue
+            nat = [column(r, "native")["mmd"] for r in runs if column(r, "native")]
+            lines.append(
+                f"| {model} | {len(runs)} | {mean_sd([column(r, 'n0')['mmd'] for r in runs])} | "
+                f"{mean_sd([column(r, 'resample')['mmd'] for r in runs if column(r, 'resample')])} | "
+                f"{mean_sd(nat)}{'' if len(nat) == len(runs) else f' ({len(nat)} seeds)'} | "
+                f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} | "
+                f"{statistics.mean(r['eval_seconds'] for r in runs) / 60:.1f} |")
+        lines += ["", floors_line(group), ""]
+    return "\n".join(lines) + "\n"
+
+
+def floors_line(group):
+    """Floors and oracles at the table's n: real train vs real test, n0 images interpolated."""
+    def collect(mode, key):
+        return [column(r, mode)[key] for r in group if column(r, mode) and key in column(r, mode)]
+
+    parts = [f"real-vs-real 28: {mean_sd(collect('n0', 'floor_real'))} (n={group[0]['results'][0]['n']})"]
+    res = next((column(r, "resample") for r in group if column(r, "resample")), None)
+    nat = next((column(r, "native") for r in group if column(r, "native")), None)
+    if res:
+        parts += [f"real-vs-real 56: {mean_sd(collect('resample', 'floor_real'))} (n={res['n']})",
+                  f"upsample oracle 56 Fourier: {mean_sd(collect('resample', 'oracle_fourier'))}, "
+                  f"bicubic: {mean_sd(collect('resample', 'oracle_bicubic'))} (n={res['n']})"]
+    if nat and nat["n"] != (res or {}).get("n"):
+        parts += [f"at n={nat['n']}: real-vs-real 56 {mean_sd(collect('native', 'floor_real'))}, "
+                  f"oracle Fourier {mean_sd(collect('native', 'oracle_fourier'))}, "
+                  f"bicubic {mean_sd(collect('native', 'oracle_bicubic'))}"]
+    return "Floors over the same seeds' reference draws: " + "; ".join(parts) + "."
+
+
+def write_sample_grids(args, records, profile):
+    """results/samples_MODEL_PRIOR.png: 28 (nearest-upscaled) | 56 resample | 56 native, seed 0."""
+    from PIL import Image
+
+    for r in records:
+        if r["seed"] != min(x["seed"] for x in records if x["model"] == r["model"] and x["prior"] == r["prior"]):
+            continue
+        folder = os.path.join(args.runs_dir, profile, run_name(r["model"], r["prior"], r["seed"]), "eval")
+        names = ["samples_28_native.png", "samples_56_resample.png", "samples_56_native.png"]
+        panels = [Image.open(os.path.join(folder, n)).convert("L") for n in names
+                  if os.path.exists(os.path.join(folder, n))]
+        if not panels:
+            continue
+        height = max(p.height for p in panels)
+        panels = [p.resize((p.width * height // p.height, height), Image.NEAREST) for p in panels]
+        canvas = Image.new("L", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), 255)
+        x = 0
+        for p in panels:
+            canvas.paste(p, (x, 0))
+            x += p.width + 8
+        canvas.save(os.path.join(args.results, f"samples_{r['model']}_{r['prior']}.png"))
+
+
+def write_val_plot(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3.2), squeeze=False)
+    for ax, model in zip(axes[0], MODELS):
+        for r in (r for r in records if r["model"] == model):
+            points = [(h["epoch"], h["mmd_n0"]) for h in r["history"] if h["mmd_n0"] not in ("", None)]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=f"{r['prior']} s{r['seed']}")
+        ax.set_title(model)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation MMD at 28")
+        ax.set_yscale("log")
+        if ax.get_lines():
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_summary(args):
+    records = finished_records(args.results, args.profile)
+    total = sum(r["train_seconds"] + r["eval_seconds"] for r in records)
+    with open(os.path.join(args.results, "table.md"), "w") as f:
+        f.write(table_markdown(records, args.profile, total))
+    write_runs_csv(records, os.path.join(args.results, "runs.csv"))
+    if records:
+        write_sample_grids(args, records, args.profile)
+        write_val_plot(records, os.path.join(args.results, "val_mmd.png"))
+    return records
+
+
+def commit_results(args, message):
+    try:
+        subprocess.run(["git", "add", args.results], check=True, capture_output=True)
+        subprocess.run(["git", "commit", "-q", "-m", message, "--", args.results], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+        print(f"[reproduce] warning: could not commit results ({error})", file=sys.stderr)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    settings = PROFILES[args.profile]
+    priors = args.priors or (FULL_PRIORS if args.full else BASE_PRIORS)
+    folder = os.path.join(args.runs_dir, args.profile)
+    record_dir = os.path.join(args.results, "runs", args.profile)
+    for path, flag in ((folder, "--runs_dir"), (record_dir, "--results")):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"{flag} {path}: cannot create folder ({error.strerror})")
+    if not args.summary_only:
+        for seed in args.seeds:  # seed-major: a partial table has every cell early
+            for prior in priors:
+                for model in args.models:
+                    out_json = os.path.join(record_dir, run_name(model, prior, seed) + ".json")
+                    if os.path.exists(out_json):
+                        continue
+                    train_run(args, settings, model, prior, seed, folder)
+                    evaluate_run(args, settings, model, prior, seed, folder, out_json)
+                    write_summary(args)
+                    if args.commit:
+                        commit_results(args, f"results ({args.profile}): {run_name(model, prior, seed)}")
+    records = write_summary(args)
+    print(f"[reproduce] {len(records)} runs in {os.path.join(args.results, 'table.md')}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    run_main(main)

@@ -1,0 +1,64 @@
+"""reproduce.py end to end on a tiny profile: table, CSV, grids, plot, and a no-op second call."""
+import csv
+import os
+import time
+
+import pytest
+
+import reproduce
+from utils import run_main
+
+TINY_PROFILE = {
+    "train": {"profile": "small", "subset": 0, "batch_size": 32, "lr": 1e-3, "val_every": 1,
+              "num_samples_mmd": 8, "train_limit": 64, "num_steps": 3, "sample_batch_size": 8},
+    "models": {"unet": {"n_epochs": 1, "model_arg": ["ch=8", "ch_mult=(1,2)"]},
+               "fno": {"n_epochs": 1, "model_arg": ["width=8", "modes=4", "n_layers=2"]},
+               "cno": {"n_epochs": 1, "model_arg": ["n_levels=2", "channel_multiplier=4", "lift_channels=4"]}},
+    "eval": {"num_samples_mmd": 10, "num_samples_native": 6, "resample_noise": "n0", "native_seeds": [0]},
+}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(reproduce.PROFILES, "tiny", TINY_PROFILE)
+    monkeypatch.setattr(reproduce.evaluation, "build_parser", _fast_eval_parser(reproduce.evaluation.build_parser))
+
+
+def _fast_eval_parser(original):
+    """test.py's parser with --num_steps 3 as default, so the tiny evaluation is quick."""
+    def build():
+        parser = original()
+        parser.set_defaults(num_steps=3)
+        return parser
+    return build
+
+
+def call(argv):
+    try:
+        run_main(lambda: reproduce.main(argv))
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
+def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path):
+    argv = ["--profile", "tiny", "--models", "unet", "cno", "--priors", "standard", "--seeds", "0", "1",
+            "--runs_dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--data_root", str(tmp_path / "mnist"), "--progress", "0"]
+    assert call(argv) == 0
+    results = tmp_path / "results"
+    assert {"table.md", "runs.csv", "val_mmd.png", "samples_unet_standard.png",
+            "samples_cno_standard.png"} <= set(os.listdir(results))
+    rows = list(csv.DictReader(open(results / "runs.csv")))
+    assert len(rows) == 4
+    natives = {(r["model"], r["seed"]): r["mmd_56_native"] for r in rows}
+    assert natives[("unet", "0")] != "" and natives[("unet", "1")] == ""  # native on seed 0 only
+    table = (results / "table.md").read_text()
+    assert "Prior `standard`" in table and "n=10" in table and "n=6" in table and "+-" in table
+    assert "real-vs-real 28" in table and "oracle" in table
+
+    started = time.time()
+    assert call(argv) == 0  # everything finished: only the summary is rebuilt
+    assert time.time() - started < 10
+    assert len(list(csv.DictReader(open(results / "runs.csv")))) == 4
+
