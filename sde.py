@@ -10,7 +10,10 @@ Score network a(y, t), trained by denoising score matching with the loss
 its optimum is a = g Q grad log p_t, so the reverse drift needs no explicit Q.
 
 Reverse SDE, Euler-Maruyama with step D = 1/N from tau = 1 down to tau = D:
-y <- y + D (g a(y, tau) + 1/2 b(tau) y) + sqrt(D) g eta,  eta = A z fresh each step.
+y <- y + D (g a(y, tau) + 1/2 b(tau) y) + sqrt(D) g eta,  eta = A z fresh each step;
+optionally ending with Tweedie's denoiser E[X_0 | X_t] = (y + s^2 a / g) / m.
+Probability-flow ODE (same marginals, deterministic given y_1 = A z), Heun's method:
+dy/dt = -1/2 (b(t) y + g(t) a(y, t)), integrated in EDM's variables (see `heun_ode`).
 """
 import math
 
@@ -100,12 +103,20 @@ def _draw_noise(prior, shape, noise_grid, generator, device):
     return truncate_noise(fine, n)
 
 
+def tweedie_denoise(score_net, y, t):
+    """E[X_0 | X_t = y] = (y + s^2 Q grad log p_t(y)) / m = (y + s^2 a(y, t) / g) / m (Tweedie)."""
+    m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
+    return (y + s**2 * score_net(y, t) / g) / m
+
+
 @torch.inference_mode()
 def euler_maruyama(score_net, prior, shape, num_steps=200, generator=None, device=None,
-                   noise_grid=None, progress=None, clamp=True):
+                   noise_grid=None, progress=None, clamp=True, tweedie=False):
     """Sample (B, C, n, n) by Euler-Maruyama on the reverse SDE (reference sampler).
 
     y_N = A z;  for tau = 1, 1 - D, .., D:  y <- y + D (g a(y, tau) + b(tau) y / 2) + sqrt(D) g A z'.
+    tweedie: replace the last step (tau = D) by the denoiser E[X_0 | X_D = y], which
+    removes the noise the last step would add; same number of score evaluations.
     noise_grid: draw every noise field on this finer grid and Fourier-truncate it to n
     (the 'resample' protocol; the truncated field has the law of noise drawn at n).
     progress: a tqdm bar to advance by one per step, or None.
@@ -113,7 +124,7 @@ def euler_maruyama(score_net, prior, shape, num_steps=200, generator=None, devic
     """
     step = 1.0 / num_steps
     y = _draw_noise(prior, shape, noise_grid, generator, device)
-    for i in range(num_steps):
+    for i in range(num_steps - 1 if tweedie else num_steps):
         tau = torch.full((shape[0],), 1.0 - i * step, device=y.device)
         b = _per_image(beta(tau))
         drift = b.sqrt() * score_net(y, tau) + 0.5 * b * y
@@ -121,7 +132,79 @@ def euler_maruyama(score_net, prior, shape, num_steps=200, generator=None, devic
         y = y + step * drift + math.sqrt(step) * b.sqrt() * noise
         if progress is not None:
             progress.update(1)
+    if tweedie:
+        y = tweedie_denoise(score_net, y, torch.full((shape[0],), step, device=y.device))
+        if progress is not None:
+            progress.update(1)
     return y.clamp(0, 1) if clamp else y
+
+
+SIGMA_MIN, SIGMA_RHO = 0.002, 7.0  # EDM's choices (Karras et al. 2022)
+
+
+def sigma_of_t(t):
+    """sigma(t) = s(t) / m(t): the noise level of x~ = X_t / m(t) = X_0 + sigma A z."""
+    return torch.sqrt(torch.expm1(t**2 * (B_MAX - B_MIN) / 2 + B_MIN * t))
+
+
+def t_of_sigma(sigma):
+    """Inverse of sigma_of_t: solve t^2 (b_max - b_min) / 2 + b_min t = log(1 + sigma^2)."""
+    slope = B_MAX - B_MIN
+    return (torch.sqrt(B_MIN**2 + 2 * slope * torch.log1p(sigma**2)) - B_MIN) / slope
+
+
+def sigma_grid(num_steps, sigma_max, sigma_min=SIGMA_MIN, rho=SIGMA_RHO):
+    """sigma_0 = sigma_max > .. > sigma_{N-1} = sigma_min, uniform in sigma^(1/rho), then sigma_N = 0."""
+    fraction = torch.linspace(0, 1, num_steps, dtype=torch.float64) if num_steps > 1 else torch.zeros(1)
+    inner = (sigma_max ** (1 / rho) + fraction * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.inference_mode()
+def heun_ode(score_net, prior, shape, num_steps=25, generator=None, device=None, noise_grid=None,
+             progress=None, clamp=True, tweedie=True):
+    """Sample by Heun's method on the probability-flow ODE, in EDM's variables.
+
+    With x~ = y / m(t) and sigma = s(t) / m(t), the flow dy/dt = -1/2 (b y + g a) becomes
+    dx~/dsigma = (x~ - D(x~, sigma)) / sigma,  D = E[X_0 | X_t] (Tweedie, `tweedie_denoise`),
+    which is exactly linear in sigma for a point mass. From y_1 = A z (sigma_0 = sigma(1)),
+    Heun steps over `sigma_grid`; the last step, to sigma = 0, is Euler, i.e. x~ <- D: 2N - 1
+    score evaluations. tweedie=False stops at sigma_min instead (2N - 2 evaluations).
+    The only randomness is the starting noise, drawn as in `euler_maruyama`.
+    """
+    y = _draw_noise(prior, shape, noise_grid, generator, device)
+    sigmas = sigma_grid(num_steps, sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
+    x = y / mean_coef(torch.tensor(1.0)).item()
+
+    def denoised(x, sigma):
+        t = t_of_sigma(torch.tensor(sigma, dtype=torch.float64)).item()
+        t_batch = torch.full((shape[0],), t, device=x.device)
+        return tweedie_denoise(score_net, mean_coef(t_batch).reshape(-1, 1, 1, 1) * x, t_batch)
+
+    for i in range(num_steps if tweedie else num_steps - 1):
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        slope = (x - denoised(x, sigma)) / sigma
+        x_euler = x + (sigma_next - sigma) * slope
+        if sigma_next > 0:
+            slope_next = (x_euler - denoised(x_euler, sigma_next)) / sigma_next
+            x = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+        else:
+            x = x_euler
+        if progress is not None:
+            progress.update(1)
+    if not tweedie:
+        x = x * mean_coef(t_of_sigma(sigmas[num_steps - 1])).item()
+    return x.clamp(0, 1) if clamp else x
+
+
+SAMPLERS = {"em": euler_maruyama, "heun": heun_ode}
+
+
+def score_evaluations(sampler, num_steps, tweedie):
+    """Number of score-network calls per sample (the cost measure of a sampler)."""
+    if sampler == "em":
+        return num_steps
+    return 2 * num_steps - 1 if tweedie else 2 * num_steps - 2
 
 
 def batch_generator(seed, batch_index):
@@ -143,13 +226,15 @@ def auto_batch_size(n, device):
 
 def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0,
              batch_size=None, num_steps=200, device=None, interp="fourier", desc=None,
-             show_progress=True, shard=(0, 1)):
+             show_progress=True, shard=(0, 1), sampler="em", tweedie=False):
     """num_samples images at resolution upscale * n0, in batches, on `device`.
 
     mode 'native':   run the reverse SDE on the (upscale n0)-grid, noise drawn there.
     mode 'resample': draw the noise on the (upscale n0)-grid, Fourier-truncate it to n0,
                      run the reverse SDE at n0, interpolate the result to upscale n0
                      with `interp` ('fourier' or 'bicubic'), clamp to [0, 1].
+    sampler: 'em' (Euler-Maruyama on the reverse SDE) or 'heun' (probability-flow ODE);
+    tweedie: finish with the denoiser E[X_0 | X_t] (see `euler_maruyama`, `heun_ode`).
     Batch b uses the generator `batch_generator(seed, b)`, so a result depends on
     (seed, batch_size) only. batch_size None: `auto_batch_size` of the grid the SDE runs
     on. Returns a CPU float32 tensor. shard=(rank, world): only the batches b with
@@ -157,6 +242,8 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     """
     if mode not in ("native", "resample"):
         raise ValueError(f"unknown sample mode {mode!r}: expected 'native' or 'resample'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
     n = upscale * n0
     grid = n if mode == "native" else n0
     batch_size = batch_size or auto_batch_size(grid, device)
@@ -169,8 +256,8 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
               unit="step", disable=not show_progress, leave=False) as bar:
         for b in mine:
             size = min(batch_size, num_samples - b * batch_size)
-            y = euler_maruyama(score_net, prior, (size, 1, grid, grid), num_steps,
-                               batch_generator(seed, b), device, noise_grid=n, progress=bar)
+            y = SAMPLERS[sampler](score_net, prior, (size, 1, grid, grid), num_steps, batch_generator(seed, b),
+                                  device, noise_grid=n, progress=bar, tweedie=tweedie)
             if grid != n:
                 y = resample(y, n, interp).clamp(0, 1)
             out.append(y.float().cpu())

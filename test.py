@@ -56,7 +56,14 @@ def build_parser():
     parser.add_argument("--num_samples_native", type=int, default=None,
                         help="samples for the native K*n0 figures, which cost K^2 more "
                              "(default: --num_samples_mmd); floors are computed at this n too")
-    parser.add_argument("--num_steps", type=int, default=200, help="Euler-Maruyama steps")
+    parser.add_argument("--sampler", default="em", choices=list(sde.SAMPLERS),
+                        help="'em': Euler-Maruyama on the reverse SDE (the reference); 'heun': Heun's "
+                             "method on the probability-flow ODE (2 score evaluations a step)")
+    parser.add_argument("--num_steps", type=int, default=200,
+                        help="sampler steps (em: N score evaluations; heun: 2N - 1)")
+    parser.add_argument("--tweedie", type=int, default=None, choices=[0, 1],
+                        help="finish with the Tweedie denoiser E[X_0 | X_t] (no extra evaluation for "
+                             "em, one for heun); default: 0 for em (as the reference), 1 for heun")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the real images)")
     parser.add_argument("--batch_size", type=int, default=0,
                         help="sampling batch size (0: automatic, a fixed pixel budget on a CPU)")
@@ -91,6 +98,10 @@ def restore(state, device, weights="ema"):
     else:
         model.load_state_dict(state["model"])
     return model.to(device).eval(), prior.to(device), state["config"]
+
+
+def tweedie_flag(args):
+    return bool(args.sampler == "heun" if args.tweedie is None else args.tweedie)
 
 
 def validate(args, n0_saved, test_size):
@@ -155,7 +166,8 @@ def evaluate(args, state, device, folder):
         started = time.time()
         samples = sde.generate(model, prior, count, n0, upscale, mode, args.seed, args.batch_size or None,
                                args.num_steps, device, args.resample_interp,
-                               show_progress=bool(args.progress))
+                               show_progress=bool(args.progress), sampler=args.sampler,
+                               tweedie=tweedie_flag(args))
         grid_name = f"samples_{upscale * n0}_{mode}.png"
         save_grid(samples[:64], os.path.join(folder, grid_name), nrow=8)
         return samples, time.time() - started, grid_name
@@ -211,7 +223,10 @@ def main(argv=None):
     ensure_writable_dir(folder, "--results_dir")
     rows, source = evaluate(args, state, device, folder)
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
-              "seed": args.seed, "num_steps": args.num_steps, "data": source,
+              "seed": args.seed, "sampler": args.sampler, "num_steps": args.num_steps,
+              "tweedie": tweedie_flag(args),
+              "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, tweedie_flag(args)),
+              "data": source,
               "resample_noise": args.resample_noise, "resample_interp": args.resample_interp,
               "model": state["model_name"], "prior": state["prior_config"], "results": rows,
               "train_config": state["config"], "versions": versions()}
@@ -219,7 +234,8 @@ def main(argv=None):
     table = markdown_table(rows)
     with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(f"{state['model_name']} / {state['prior_config']['name']}, checkpoint {path}, "
-                f"seed {args.seed}, {args.num_steps} steps\n\n{table}\n")
+                f"seed {args.seed}, sampler {args.sampler} with {args.num_steps} steps "
+                f"(Tweedie {int(tweedie_flag(args))})\n\n{table}\n")
     print(table)
     print(f"results in {folder}")
 

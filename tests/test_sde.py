@@ -167,3 +167,92 @@ def test_noise_parametrization_turns_the_loss_into_noise_regression(generator):
     assert torch.equal(sde.ScoreModel(Constant(), "score")(x0, torch.rand(5)), torch.full_like(x0, 0.25))
     with pytest.raises(ValueError, match="parametrization"):
         sde.ScoreModel(Constant(), "velocity")
+
+
+def test_tweedie_denoiser_of_the_exact_score_returns_the_data_from_any_state(generator):
+    """For a point mass at c, E[X_0 | X_t = y] = c whatever y and t."""
+    y = torch.randn(4, 1, N0, N0, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.2, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(sde.tweedie_denoise(PointMassScore(0.4), y, t), torch.full_like(y, 0.4), atol=1e-12)
+
+
+def test_euler_maruyama_with_tweedie_removes_the_last_step_noise():
+    prior = build_prior("lap_conv", N0)
+    samples = sde.euler_maruyama(PointMassScore(0.4), prior, (8, 1, N0, N0), 50,
+                                 torch.Generator().manual_seed(0), clamp=False, tweedie=True)
+    assert (samples - 0.4).abs().max().item() < 1e-5
+
+
+class GaussianScore(torch.nn.Module):
+    """Exact a(y, t) = -g (y - m mu) / (m^2 v + s^2) for data X_0 ~ N(mu, v I), standard prior."""
+
+    def __init__(self, mu, variance):
+        super().__init__()
+        self.mu, self.variance = mu, variance
+
+    def forward(self, y, t):
+        t = t.reshape(-1, 1, 1, 1).double()
+        m, s = sde.mean_coef(t), sde.noise_std(t)
+        return -sde.beta(t).sqrt() * (y - m * self.mu) / (m**2 * self.variance + s**2)
+
+
+def test_sigma_and_t_are_inverse_maps():
+    t = torch.tensor([1e-5, 1e-3, 0.1, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(sde.t_of_sigma(sde.sigma_of_t(t)), t, rtol=1e-9)
+    assert torch.allclose(sde.sigma_of_t(t), sde.noise_std(t) / sde.mean_coef(t), rtol=1e-9)
+
+
+def exact_flow_at_sigma_min(start, mu, variance):
+    """Closed-form probability flow of N(mu, v): x~ - mu scales like sqrt(v + sigma^2)."""
+    one = torch.tensor(1.0, dtype=torch.float64)
+    sigma_max, sigma_min = sde.sigma_of_t(one), torch.tensor(sde.SIGMA_MIN, dtype=torch.float64)
+    x = start / sde.mean_coef(one)
+    x_end = mu + (x - mu) * torch.sqrt((variance + sigma_min**2) / (variance + sigma_max**2))
+    return x_end * sde.mean_coef(sde.t_of_sigma(sigma_min))
+
+
+@pytest.mark.parametrize("variance", [0.0, 0.05])
+def test_heun_follows_the_closed_form_probability_flow(variance):
+    """Point mass (v = 0): the flow is linear in sigma, so Heun is exact; v > 0: second order."""
+    prior = build_prior("standard", N0)
+    score = GaussianScore(0.4, variance)
+    start = prior.sample((4, 1, N0, N0), torch.Generator().manual_seed(0)).double()
+    exact = exact_flow_at_sigma_min(start, 0.4, variance)
+    errors = []
+    for steps in (20, 40):
+        out = sde.heun_ode(score, prior, start.shape, steps, torch.Generator().manual_seed(0), clamp=False,
+                           tweedie=False)
+        errors.append((out.double() - exact).abs().max().item())
+    if variance == 0:
+        assert max(errors) < 1e-4
+    else:
+        # 40 steps: error below 10% of the data std; halving the steps: ~1/4 the error
+        assert errors[1] < 0.1 * variance**0.5 and errors[1] < errors[0] / 3
+
+
+def test_heun_with_the_final_denoiser_ends_on_the_data_for_a_point_mass():
+    out = sde.heun_ode(GaussianScore(0.4, 0.0), build_prior("lap_conv", N0), (4, 1, N0, N0), 5,
+                       torch.Generator().manual_seed(0), clamp=False)
+    assert (out - 0.4).abs().max().item() < 1e-4
+
+
+def test_score_evaluations_are_counted_as_the_samplers_call_the_network():
+    calls = []
+
+    def counting(y, t):
+        calls.append(1)
+        return torch.zeros_like(y)
+
+    prior = build_prior("standard", 8)
+    for sampler, steps, tweedie in [("em", 7, False), ("em", 7, True), ("heun", 5, False), ("heun", 5, True)]:
+        calls.clear()
+        sde.SAMPLERS[sampler](counting, prior, (2, 1, 8, 8), steps, torch.Generator().manual_seed(0),
+                              tweedie=tweedie)
+        assert len(calls) == sde.score_evaluations(sampler, steps, tweedie), (sampler, tweedie)
+
+
+@pytest.mark.parametrize("sampler", ["em", "heun"])
+def test_generate_runs_every_sampler(sampler):
+    out = sde.generate(dummy_net(), build_prior("standard", N0), 5, N0, 2, "native", seed=1, batch_size=3,
+                       num_steps=3, show_progress=False, sampler=sampler, tweedie=True)
+    assert out.shape == (5, 1, 2 * N0, 2 * N0) and torch.isfinite(out).all()

@@ -93,3 +93,11 @@ def test_a_corrupt_checkpoint_is_refused_by_the_real_cli(trained, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: checkpoint") and "corrupt" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_the_probability_flow_sampler_is_selectable_and_recorded(trained, tmp_path, capsys):
+    code, out = evaluate(trained, "--upscale", "1", "--sampler", "heun", "--results_dir", str(tmp_path / "h"),
+                         capsys=capsys)
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "h" / "results.json").read_text())
+    assert report["sampler"] == "heun" and report["tweedie"] is True and report["score_evaluations"] == 5
