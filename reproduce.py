@@ -24,6 +24,7 @@ import time
 
 import torch
 
+import frechet
 import main as training
 import test as evaluation
 from utils import UserError, load_checkpoint, run_main, save_grid, versions, write_json
@@ -32,7 +33,7 @@ BASE_PRIORS = ["standard", "lap_conv"]
 FULL_PRIORS = BASE_PRIORS + ["combined_conv", "fno", "matern"]
 MODELS = ["unet", "fno", "cno"]
 
-# Chosen from the measurements in results/sweep.md: per model the size whose training
+# Chosen from short measured runs (README, "How the CPU profile was chosen"): per model the size whose training
 # step and sampling cost fit the CPU budget (training <= 20 min, the table <= 8 h).
 PROFILES = {
     "cpu": {
@@ -122,12 +123,14 @@ def evaluate_run(args, settings, model, prior, seed, folder, out_json):
     os.makedirs(eval_args.results_dir, exist_ok=True)
     print(f"[reproduce] evaluating {name}", flush=True)
     started = time.time()
-    rows, source = evaluation.evaluate(eval_args, state, device, eval_args.results_dir)
+    critic, critic_path = evaluation.load_critic(None)  # checkpoints/mnist_classifier.pt if present
+    rows, source = evaluation.evaluate(eval_args, state, device, eval_args.results_dir, critic)
     train_seconds = sum(float(row["seconds"]) for row in state["history"])
     record = {"model": model, "prior": prior, "seed": seed, "profile": args.profile,
               "epochs": state["epoch"], "steps": state["step"], "train_seconds": train_seconds,
               "eval_seconds": time.time() - started, "data": source, "results": rows,
               "history": [{k: row[k] for k in ("epoch", "loss", "mmd_n0", "mmd_2n0")} for row in state["history"]],
+              "classifier_sha256": frechet.file_sha256(critic_path) if critic else None,
               "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions()}
     write_json(record, out_json)
 
@@ -146,19 +149,19 @@ def column(record, mode):
     return None
 
 
-def mean_sd(values):
+def mean_sd(values, digits=4):
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.4f} (1 seed)"
-    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
 
 
 def write_runs_csv(records, path):
     fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
               "mmd_56_resample", "n_56_resample", "mmd_56_native", "n_56_native", "floor_28",
-              "floor_56", "oracle_56_fourier", "oracle_56_bicubic"]
+              "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28", "fd_floor_28", "digits_28"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -172,7 +175,10 @@ def write_runs_csv(records, path):
                 "mmd_56_native": f"{nat['mmd']:.5f}" if nat else "", "n_56_native": nat["n"] if nat else "",
                 "floor_28": f"{low['floor_real']:.5f}", "floor_56": f"{res['floor_real']:.5f}" if res else "",
                 "oracle_56_fourier": f"{res['oracle_fourier']:.5f}" if res else "",
-                "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else ""})
+                "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else "",
+                "fd_28": f"{low['fd']:.3f}" if "fd" in low else "",
+                "fd_floor_28": f"{low['fd_floor']:.3f}" if "fd" in low else "",
+                "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else ""})
 
 
 def table_markdown(records, profile, total_seconds):
@@ -194,7 +200,7 @@ def table_markdown(records, profile, total_seconds):
         nat_n = next((column(r, "native")["n"] for r in group if column(r, "native")), "-")
         lines += [f"## Prior `{prior}`", "",
                   f"| model | seeds | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native (n={nat_n}) "
-                  f"| train min / run | eval min / run |", "|---|---|---|---|---|---|---|"]
+                  f"| FD 28 | train min / run | eval min / run |", "|---|---|---|---|---|---|---|---|"]
         for model in MODELS:
             runs = [r for r in group if r["model"] == model]
             if not runs:
@@ -204,6 +210,7 @@ def table_markdown(records, profile, total_seconds):
                 f"| {model} | {len(runs)} | {mean_sd([column(r, 'n0')['mmd'] for r in runs])} | "
                 f"{mean_sd([column(r, 'resample')['mmd'] for r in runs if column(r, 'resample')])} | "
                 f"{mean_sd(nat)}{'' if len(nat) == len(runs) else f' ({len(nat)} seeds)'} | "
+                f"{mean_sd([column(r, 'n0').get('fd') for r in runs], 2)} | "
                 f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} | "
                 f"{statistics.mean(r['eval_seconds'] for r in runs) / 60:.1f} |")
         lines += ["", floors_line(group), ""]
@@ -216,6 +223,8 @@ def floors_line(group):
         return [column(r, mode)[key] for r in group if column(r, mode) and key in column(r, mode)]
 
     parts = [f"real-vs-real 28: {mean_sd(collect('n0', 'floor_real'))} (n={group[0]['results'][0]['n']})"]
+    if collect("n0", "fd_floor"):
+        parts.append(f"FD real-vs-real 28: {mean_sd(collect('n0', 'fd_floor'), 2)}")
     res = next((column(r, "resample") for r in group if column(r, "resample")), None)
     nat = next((column(r, "native") for r in group if column(r, "native")), None)
     if res:

@@ -17,6 +17,7 @@ import time
 import torch
 
 import data
+import frechet
 import models
 import priors
 import sde
@@ -67,6 +68,10 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the real images)")
     parser.add_argument("--batch_size", type=int, default=0,
                         help="sampling batch size (0: automatic, a fixed pixel budget on a CPU)")
+    parser.add_argument("--classifier", default=None,
+                        help="MNIST classifier for the Frechet distance and the class histogram "
+                             "(`python frechet.py` trains it); default: checkpoints/mnist_classifier.pt "
+                             "if present; 'none' skips both")
     parser.add_argument("--data_root", default="./data", help="MNIST root (as for main.py)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument("--results_dir", default=None,
@@ -141,8 +146,31 @@ class References:
         return data.evaluation_images(self._pick(digits, count, offset), self.n0, upscale)
 
 
-def score(samples, refs, upscale, count, at_fine):
-    """MMD of samples, the real-vs-real floor and (at K n0) the upsample oracles, same n."""
+def load_critic(path):
+    """(classifier or None, its path): a missing default file only skips the Frechet figures."""
+    if path == "none":
+        return None, None
+    if path is None:
+        path = frechet.DEFAULT_CHECKPOINT
+        if not os.path.isfile(path):
+            print(f"note: no classifier at {path} (train it with `python frechet.py`); "
+                  f"Frechet distance skipped")
+            return None, None
+    return frechet.load_classifier(path)[0], path
+
+
+def frechet_figures(critic, samples, real_a, real_b):
+    """FD of samples against real_b, the real-vs-real FD floor real_a vs real_b, class histogram."""
+    sample_features, labels = frechet.apply(critic, samples)
+    a_features, b_features = frechet.apply(critic, real_a)[0], frechet.apply(critic, real_b)[0]
+    return {"fd": frechet.frechet_distance(sample_features, b_features),
+            "fd_floor": frechet.frechet_distance(a_features, b_features),
+            "class_histogram": frechet.class_histogram(labels)}
+
+
+def score(samples, refs, upscale, count, at_fine, critic=None):
+    """MMD of samples, the real-vs-real floor and (at K n0) the upsample oracles, same n;
+    with a classifier also the Frechet distance, its floor and the class histogram."""
     test_low, test_high = refs.images("test", count, upscale)
     train_low, train_high = refs.images("train", count, upscale)
     target = test_high if at_fine else test_low
@@ -152,10 +180,12 @@ def score(samples, refs, upscale, count, at_fine):
         n = upscale * refs.n0
         for interp in ("fourier", "bicubic"):
             row[f"oracle_{interp}"] = riesz_mmd(resample(train_low, n, interp).clamp(0, 1), test_high)
+    if critic is not None:
+        row.update(frechet_figures(critic, samples[:count], train_high if at_fine else train_low, target))
     return row
 
 
-def evaluate(args, state, device, folder):
+def evaluate(args, state, device, folder, critic=None):
     """All requested figures as a list of dicts; grids written to `folder`."""
     model, prior, config = restore(state, device, args.weights)
     n0 = config["input_height"]
@@ -182,7 +212,7 @@ def evaluate(args, state, device, folder):
     rows = []
     base, base_seconds, grid = draw(args.num_samples_mmd, 1, "native")
     rows.append({"resolution": n0, "upscale": 1, "mode": "n0", "n": args.num_samples_mmd,
-                 **score(base, refs, 1, args.num_samples_mmd, False), "sample_seconds": base_seconds,
+                 **score(base, refs, 1, args.num_samples_mmd, False, critic), "sample_seconds": base_seconds,
                  "grid": grid})
     modes = ["native", "resample"] if args.sample_mode == "both" else [args.sample_mode]
     for upscale in sorted(set(args.upscale) - {1}):
@@ -194,19 +224,24 @@ def evaluate(args, state, device, folder):
                 samples, seconds, grid = draw(count, upscale, mode)
             label = mode if mode == "native" else f"resample-{args.resample_interp}"
             rows.append({"resolution": upscale * n0, "upscale": upscale, "mode": label, "n": count,
-                         **score(samples, refs, upscale, count, True), "sample_seconds": seconds,
+                         **score(samples, refs, upscale, count, True, critic), "sample_seconds": seconds,
                          "grid": grid})
     return rows, refs.test.source
 
 
 def markdown_table(rows):
-    lines = ["| resolution | mode | n | MMD | real-vs-real floor | oracle (Fourier) | oracle (bicubic) | sampling s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| resolution | mode | n | MMD | real-vs-real floor | oracle (Fourier) | oracle (bicubic) "
+             "| FD | FD floor | digits 0-9 | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(r, key, digits=4):
+        return f"{r[key]:.{digits}f}" if key in r else "-"
+
     for r in rows:
-        oracle_f = f"{r['oracle_fourier']:.4f}" if "oracle_fourier" in r else "-"
-        oracle_b = f"{r['oracle_bicubic']:.4f}" if "oracle_bicubic" in r else "-"
-        lines.append(f"| {r['resolution']} | {r['mode']} | {r['n']} | {r['mmd']:.4f} | "
-                     f"{r['floor_real']:.4f} | {oracle_f} | {oracle_b} | {r['sample_seconds']:.0f} |")
+        histogram = " ".join(map(str, r["class_histogram"])) if "class_histogram" in r else "-"
+        lines.append(f"| {r['resolution']} | {r['mode']} | {r['n']} | {r['mmd']:.4f} | {r['floor_real']:.4f} | "
+                     f"{fmt(r, 'oracle_fourier')} | {fmt(r, 'oracle_bicubic')} | {fmt(r, 'fd', 2)} | "
+                     f"{fmt(r, 'fd_floor', 2)} | {histogram} | {r['sample_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -221,12 +256,15 @@ def main(argv=None):
     if os.path.isdir(folder) and os.listdir(folder):
         raise UserError(f"--results_dir {folder} already holds results; choose another folder")
     ensure_writable_dir(folder, "--results_dir")
-    rows, source = evaluate(args, state, device, folder)
+    critic, critic_path = load_critic(args.classifier)
+    rows, source = evaluate(args, state, device, folder, critic)
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
               "seed": args.seed, "sampler": args.sampler, "num_steps": args.num_steps,
               "tweedie": tweedie_flag(args),
               "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, tweedie_flag(args)),
               "data": source,
+              "classifier": None if critic is None else {"path": os.path.abspath(critic_path),
+                                                         "sha256": frechet.file_sha256(critic_path)},
               "resample_noise": args.resample_noise, "resample_interp": args.resample_interp,
               "model": state["model_name"], "prior": state["prior_config"], "results": rows,
               "train_config": state["config"], "versions": versions()}

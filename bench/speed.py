@@ -8,10 +8,13 @@ Every figure is the median of --repeats timed runs after one warm-up run, all in
 one process, so ratios between rows are measured side by side. Sampling figures
 time --sample_steps Euler-Maruyama steps and report images/s for a full 200-step
 run (the sampler's cost is linear in the step count). Peak memory is the process's
-resident-set high-water mark during the measurement on a CPU (reset through
-/proc/self/clear_refs), torch.cuda.max_memory_allocated on a GPU.
+resident-set high-water mark during the measurement on a CPU (freed heap returned with
+malloc_trim, then the mark reset through /proc/self/clear_refs; it includes the ~0.3 GiB
+of the Python process and torch itself), torch.cuda.max_memory_allocated on a GPU.
 """
 import argparse
+import ctypes
+import gc
 import os
 import statistics
 import sys
@@ -51,6 +54,11 @@ def reset_peak(device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    gc.collect()
+    try:  # hand freed heap back to the OS, so an earlier, larger model does not set the mark
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS

@@ -101,3 +101,22 @@ def test_the_probability_flow_sampler_is_selectable_and_recorded(trained, tmp_pa
     assert code == 0, out.err
     report = json.loads((tmp_path / "h" / "results.json").read_text())
     assert report["sampler"] == "heun" and report["tweedie"] is True and report["score_evaluations"] == 5
+
+
+def test_frechet_distance_and_class_histogram_with_a_classifier(trained, tmp_path, capsys):
+    import torch
+
+    import frechet
+
+    path = tmp_path / "classifier.pt"
+    torch.manual_seed(0)
+    torch.save({"format": frechet.FORMAT, "model": frechet.DigitClassifier().state_dict(), "kwargs": {}}, path)
+    code, out = evaluate(trained, "--upscale", "2", "--sample_mode", "native", "--num_samples_native", "12",
+                         "--classifier", str(path), "--results_dir", str(tmp_path / "f"), capsys=capsys)
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert report["classifier"]["sha256"] == frechet.file_sha256(path)
+    for row in report["results"]:
+        assert row["fd"] >= 0 and row["fd_floor"] >= 0 and sum(row["class_histogram"]) == 12
+    code, out = evaluate(trained, "--classifier", str(tmp_path / "nope.pt"), capsys=capsys)
+    assert code == 2 and "--classifier" in out.err

@@ -1,0 +1,122 @@
+"""MMD against the number of score evaluations, per sampler, for trained checkpoints.
+
+    python bench/samplers.py --checkpoints runs/reproduce/cpu/fno_standard_s0/last.pt \
+        --data_root ~/mnist --num_samples 500          # writes results/samplers.md, .png, .json
+
+For each checkpoint and each budget of score evaluations (NFE, --budgets), three
+samplers: Euler-Maruyama (the reference), Euler-Maruyama ending with Tweedie's denoiser,
+and Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen so that
+2N - 1 <= budget). Every configuration draws --num_samples images at 28 with the same
+seed; the 56 figure is the same samples Fourier-upsampled (the resample protocol with
+n0 noise). Also the raw weights against the EMA weights at the largest EM budget.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import sde  # noqa: E402
+import test as evaluation  # noqa: E402
+from mmd import riesz_mmd  # noqa: E402
+from resample import resample  # noqa: E402
+from utils import load_checkpoint, versions, write_json  # noqa: E402
+
+
+def configurations(budgets):
+    """(label, sampler, steps, tweedie, weights) for every budget, plus raw-vs-EMA."""
+    rows = []
+    for budget in budgets:
+        rows += [("em", "em", budget, False, "ema"), ("em+tweedie", "em", budget, True, "ema"),
+                 ("heun", "heun", (budget + 1) // 2, True, "ema")]
+    rows.append(("em, raw weights", "em", max(budgets), False, "raw"))
+    return rows
+
+
+def measure(args, path, refs_cache):
+    state = load_checkpoint(path)
+    n0 = state["config"]["input_height"]
+    refs = refs_cache.setdefault(n0, evaluation.References(args.data_root, n0, args.seed))
+    test_low, test_high = refs.images("test", args.num_samples, 2)
+    results = []
+    for label, sampler, steps, tweedie, weights in configurations(args.budgets):
+        model, prior, _ = evaluation.restore(state, "cpu", weights)
+        started = time.time()
+        samples = sde.generate(model, prior, args.num_samples, n0, 1, "native", args.seed, None, steps,
+                               "cpu", desc=f"{label} {steps}", sampler=sampler, tweedie=tweedie)
+        seconds = time.time() - started
+        row = {"checkpoint": path, "model": state["model_name"], "prior": state["prior_config"]["name"],
+               "sampler": label, "steps": steps, "weights": weights,
+               "nfe": sde.score_evaluations(sampler, steps, tweedie), "n": args.num_samples,
+               "mmd_28": riesz_mmd(samples, test_low),
+               "mmd_56_resample": riesz_mmd(resample(samples, 2 * n0, "fourier").clamp(0, 1), test_high),
+               "seconds": seconds}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
+def write_outputs(args, results):
+    lines = ["# Samplers: MMD against score evaluations", "",
+             f"Command: `python bench/samplers.py {' '.join(sys.argv[1:])}`", "",
+             f"n = {args.num_samples} samples per figure against as many MNIST test images, seed "
+             f"{args.seed}; 56 = the 28 samples Fourier-upsampled. CPU, torch {versions()['torch']}.", "",
+             "| model / prior | sampler | weights | steps | NFE | MMD 28 | MMD 56 (resample) | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} / {r['prior']} | {r['sampler']} | {r['weights']} | {r['steps']} | "
+                     f"{r['nfe']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
+    base = os.path.splitext(args.output)[0]
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_json({"results": results, "seed": args.seed, "versions": versions()}, base + ".json")
+    plot(results, base + ".png")
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checkpoints = sorted({r["checkpoint"] for r in results})
+    fig, axes = plt.subplots(1, len(checkpoints), figsize=(4.5 * len(checkpoints), 3.4), squeeze=False)
+    for ax, checkpoint in zip(axes[0], checkpoints):
+        mine = [r for r in results if r["checkpoint"] == checkpoint and r["weights"] == "ema"]
+        for label in dict.fromkeys(r["sampler"] for r in mine):
+            points = sorted((r["nfe"], r["mmd_28"]) for r in mine if r["sampler"] == label)
+            ax.plot(*zip(*points), marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("score evaluations")
+        ax.set_ylabel("MMD at 28")
+        ax.set_title(f"{mine[0]['model']} / {mine[0]['prior']}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files (.pt)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[25, 50, 100, 200],
+                        help="numbers of score evaluations")
+    parser.add_argument("--num_samples", type=int, default=1000, help="samples per figure")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the test images)")
+    parser.add_argument("--data_root", default="./data", help="MNIST root")
+    parser.add_argument("--output", default="results/samplers.md", help="Markdown file (+ .json, .png)")
+    args = parser.parse_args()
+    refs_cache, results = {}, []
+    for path in args.checkpoints:
+        results += measure(args, path, refs_cache)
+        write_outputs(args, results)
+    print(f"written {args.output}")
+
+
+if __name__ == "__main__":
+    main()
