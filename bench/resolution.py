@@ -1,0 +1,106 @@
+"""Resolution study: MMD / K against K = 1..4, native and resample, beside the upsample oracles.
+
+    python bench/resolution.py --checkpoints runs/reproduce/cpu/unet_standard_s0/last.pt \
+        --data_root ~/mnist --num_samples 1000 --num_samples_native 250
+
+Runs `test.py --upscale 1 2 3 4 --sample_mode both` on each checkpoint (its JSON and grids
+stay in --work_dir) and writes results/resolution.md, .json and .png. The Riesz MMD of
+the same images grows like K (DESIGN.md section 5), so figures are divided by K.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import test as evaluation  # noqa: E402
+from utils import versions, write_json  # noqa: E402
+
+
+def evaluate(args, path, index):
+    folder = os.path.join(args.work_dir, f"{index}_{os.path.basename(os.path.dirname(os.path.abspath(path)))}")
+    report = os.path.join(folder, "results.json")
+    if not os.path.exists(report):  # finished evaluations are kept and reused
+        evaluation.main(["--save_model", path, "--upscale", *map(str, args.upscales), "--sample_mode", "both",
+                         "--num_samples_mmd", str(args.num_samples), "--num_samples_native",
+                         str(args.num_samples_native), "--seed", str(args.seed), "--data_root", args.data_root,
+                         "--results_dir", folder, "--resample_noise", "n0", "--classifier", "none",
+                         "--progress", str(args.progress)])
+    return json.load(open(report))
+
+
+def rows_of(report):
+    name = f"{report['model']} / {report['prior']['name']}"
+    for r in report["results"]:
+        k = r["upscale"]
+        yield {"run": name, "K": k, "mode": "n0" if k == 1 else r["mode"], "n": r["n"], "mmd_over_k": r["mmd"] / k,
+               "floor_over_k": r["floor_real"] / k,
+               "oracle_fourier_over_k": r.get("oracle_fourier", float("nan")) / k}
+
+
+def write_outputs(args, rows):
+    lines = ["# Resolution study: MMD / K at K x 28", "", f"Command: `python bench/resolution.py "
+             f"{' '.join(sys.argv[1:])}`; seed {args.seed}; CPU, torch {versions()['torch']}. Resample rows reuse "
+             f"the n0 samples (`--resample_noise n0`).", "",
+             "| model / prior | K | mode | n | MMD / K | real-vs-real / K | oracle Fourier / K |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['K']} | {r['mode']} | {r['n']} | {r['mmd_over_k']:.4f} | "
+                     f"{r['floor_over_k']:.4f} | {r['oracle_fourier_over_k']:.4f} |")
+    base = os.path.splitext(args.output)[0]
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_json({"rows": rows, "seed": args.seed, "versions": versions()}, base + ".json")
+    plot(rows, base + ".png")
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        mine = [r for r in rows if r["run"] == run]
+        base = [r for r in mine if r["K"] == 1]
+        for mode in ("native", "resample-fourier"):
+            points = sorted((r["K"], r["mmd_over_k"]) for r in base + [r for r in mine if r["mode"] == mode])
+            ax.plot(*zip(*points), marker="o", label=mode)
+        oracle = sorted((r["K"], r["oracle_fourier_over_k"]) for r in mine if r["mode"] == "native")
+        if oracle:
+            ax.plot(*zip(*oracle), linestyle="--", color="gray", label="upsample oracle")
+        floor = sorted({(r["K"], r["floor_over_k"]) for r in mine if r["mode"] in ("n0", "native")})
+        ax.plot(*zip(*floor), linestyle=":", color="black", label="real vs real")
+        ax.set_xlabel("K (grid K x 28)")
+        ax.set_ylabel("MMD / K")
+        ax.set_yscale("log")
+        ax.set_title(run)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files (.pt)")
+    parser.add_argument("--upscales", type=int, nargs="+", default=[1, 2, 3, 4], help="factors K")
+    parser.add_argument("--num_samples", type=int, default=1000, help="samples at 28 and for resample rows")
+    parser.add_argument("--num_samples_native", type=int, default=250, help="samples for native rows")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--data_root", default="./data", help="MNIST root")
+    parser.add_argument("--work_dir", default="runs/resolution", help="per-checkpoint evaluations")
+    parser.add_argument("--output", default="results/resolution.md", help="Markdown file (+ .json, .png)")
+    parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
+    args = parser.parse_args()
+    rows = []
+    for index, path in enumerate(args.checkpoints):
+        rows += list(rows_of(evaluate(args, path, index)))
+        write_outputs(args, rows)
+    print(f"written {args.output}")
+
+
+if __name__ == "__main__":
+    main()
