@@ -68,6 +68,9 @@ class TrainConfig:
                                "is batch_size x number of processes")
     ema_decay: float = _opt(0.999, "decay of the exponential moving average of the weights used "
                                    "for sampling (0 disables EMA)")
+    amp: int = _opt(0, "1: bfloat16 autocast for the training forward pass (for GPUs; the loss is "
+                       "reduced in float32; on this project's CPU bf16 was measured 2.6x slower)",
+                    choices=[0, 1])
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: no clipping; the norm "
                                  "is logged either way)")
     num_steps: int = _opt(200, "Euler-Maruyama steps of the reverse SDE at validation")
@@ -90,7 +93,7 @@ class TrainConfig:
 
     # flags that may change when a run is resumed (the rest must match the checkpoint)
     RESUMABLE_CHANGES = ("n_epochs", "device", "threads", "progress", "resume", "val_every",
-                         "data_root", "out_dir", "sample_batch_size")
+                         "data_root", "out_dir", "sample_batch_size", "amp")
 
 
 def build_parser():
@@ -283,7 +286,8 @@ def train_epoch(run, images, progress=True):
         chunk = order[start:start + config.batch_size * dist.world]
         share = math.ceil(len(chunk) / dist.world)
         x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
-        loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world))
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bool(config.amp)):
+            loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world))
         if _injected_fault(run.step + 1):
             loss = loss * math.nan
         mean_loss = dist.mean(loss.item())

@@ -65,7 +65,7 @@ class ScoreModel(nn.Module):
         self.net, self.parametrization = net, parametrization
 
     def forward(self, y, t):
-        out = self.net(y, t)
+        out = self.net(y, t).to(y.dtype)  # under autocast the net may answer in bfloat16
         if self.parametrization == "score":
             return out
         t = t.to(out.dtype)

@@ -1,5 +1,6 @@
 """The training CLI: a tiny end-to-end run, checkpoint round trip, bad flags refused clearly."""
 import json
+import math
 import os
 
 import pytest
@@ -180,3 +181,10 @@ def test_ema_warms_up_then_decays_at_the_given_rate():
             d = min(0.9, (1 + (k)) / (10 + (k)))
             expected = d * expected + (1 - d) * model.weight.detach()
     assert torch.allclose(ema.module.weight, expected)
+
+
+def test_bfloat16_autocast_trains_and_keeps_the_loss_in_float32(tmp_path, capsys):
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "1", "--amp", "1"), capsys)
+    assert code == 0, err
+    rows = (tmp_path / "runs" / "run" / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and math.isfinite(float(rows[1].split(",")[2]))

@@ -256,3 +256,17 @@ def test_generate_runs_every_sampler(sampler):
     out = sde.generate(dummy_net(), build_prior("standard", N0), 5, N0, 2, "native", seed=1, batch_size=3,
                        num_steps=3, show_progress=False, sampler=sampler, tweedie=True)
     assert out.shape == (5, 1, 2 * N0, 2 * N0) and torch.isfinite(out).all()
+
+
+def test_score_model_answers_in_the_input_dtype_under_autocast():
+    torch.manual_seed(0)
+    model = sde.ScoreModel(build_model("unet", ch=8, ch_mult=(1, 2), num_res_blocks=1))
+    with torch.no_grad():  # leave the zero initialisation, so the output is not 0
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    y, t = torch.randn(2, 1, N0, N0), torch.tensor([0.1, 0.7])
+    full = model(y, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(y, t)
+    assert low.dtype == torch.float32 and full.abs().max() > 0
+    assert (low - full).abs().max() < 0.05 * full.abs().max()
