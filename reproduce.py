@@ -40,7 +40,7 @@ PROFILES = {
         "train": {"profile": "small", "subset": 0, "batch_size": 64, "lr": 1e-3, "val_every": 1,
                   "num_samples_mmd": 128},
         "models": {
-            "unet": {"n_epochs": 2, "model_arg": ["ch=16"]},
+            "unet": {"n_epochs": 2, "model_arg": ["ch=16"]},  # = the small profile, pinned
             "fno": {"n_epochs": 2, "model_arg": []},
             "cno": {"n_epochs": 2, "model_arg": []},
         },

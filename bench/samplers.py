@@ -3,9 +3,9 @@
     python bench/samplers.py --checkpoints runs/reproduce/cpu/fno_standard_s0/last.pt \
         --data_root ~/mnist --num_samples 500          # writes results/samplers.md, .png, .json
 
-For each checkpoint and each budget of score evaluations (NFE, --budgets), three
-samplers: Euler-Maruyama (the reference), Euler-Maruyama ending with Tweedie's denoiser,
-and Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen so that
+For each checkpoint and each budget of score evaluations (NFE, --budgets): Euler-Maruyama
+(the reference), Euler-Maruyama ending with Tweedie's denoiser (budgets <= 50, where the
+last step is large), and Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen so that
 2N - 1 <= budget). Every configuration draws --num_samples images at 28 with the same
 seed; the 56 figure is the same samples Fourier-upsampled (the resample protocol with
 n0 noise). Also the raw weights against the EMA weights at the largest EM budget.
@@ -31,8 +31,9 @@ def configurations(budgets):
     """(label, sampler, steps, tweedie, weights) for every budget, plus raw-vs-EMA."""
     rows = []
     for budget in budgets:
-        rows += [("em", "em", budget, False, "ema"), ("em+tweedie", "em", budget, True, "ema"),
-                 ("heun", "heun", (budget + 1) // 2, True, "ema")]
+        rows += [("em", "em", budget, False, "ema"), ("heun", "heun", (budget + 1) // 2, True, "ema")]
+        if budget <= 50:  # the denoiser matters where the last EM step is large
+            rows.append(("em+tweedie", "em", budget, True, "ema"))
     rows.append(("em, raw weights", "em", max(budgets), False, "raw"))
     return rows
 

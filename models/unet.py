@@ -12,9 +12,10 @@ from torch import nn
 from models.embedding import FiLM, TimeEmbedding, group_norm
 
 PROFILES = {
-    # ~0.4M parameters: trains on a 2-core CPU
-    "small": dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1),
-    # the reference size, for a GPU: 9.9M parameters
+    # 0.28M parameters, 0.35 s a training step (batch 64) on 2 CPU cores; its validation MMD
+    # after one epoch of full MNIST was at the n = 128 floor (README, results)
+    "small": dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1),
+    # the reference size, for a GPU: 10.7M parameters here (the reference's is 9.9M)
     "paper": dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=4),
 }
 
