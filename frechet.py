@@ -61,7 +61,7 @@ def apply(model, images, batch_size=1000):
     """(features float64 (N, 64), predicted labels (N,)) of images in [0, 1]."""
     model.eval()
     feats, labels = [], []
-    for chunk in to_classifier_grid(images.float()).split(batch_size):
+    for chunk in to_classifier_grid(images.float(), getattr(model, "n0", 28)).split(batch_size):
         f = model.features(chunk)
         feats.append(f.double())
         labels.append(model.head(f).argmax(1))
@@ -116,6 +116,7 @@ def load_classifier(path):
         raise UserError(f"--classifier {path}: not a classifier checkpoint of format {FORMAT}")
     model = DigitClassifier(**state["kwargs"])
     model.load_state_dict(state["model"])
+    model.n0 = int(state.get("n0", 28))  # the grid it was trained on
     return model.eval(), file_sha256(path)
 
 

@@ -172,6 +172,8 @@ def heun_ode(score_net, prior, shape, num_steps=25, generator=None, device=None,
     score evaluations. tweedie=False stops at sigma_min instead (2N - 2 evaluations).
     The only randomness is the starting noise, drawn as in `euler_maruyama`.
     """
+    if num_steps < (1 if tweedie else 2):
+        raise ValueError("heun_ode needs num_steps >= 1 with the final denoiser, >= 2 without")
     y = _draw_noise(prior, shape, noise_grid, generator, device)
     sigmas = sigma_grid(num_steps, sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
     x = y / mean_coef(torch.tensor(1.0)).item()
@@ -252,7 +254,8 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     rank, world = shard
     mine = range(rank, math.ceil(num_samples / batch_size), world)
     out = []
-    with tqdm(total=len(mine) * num_steps, desc=desc or f"sampling {mode} {n}x{n}",
+    steps_per_batch = num_steps - 1 if sampler == "heun" and not tweedie else num_steps
+    with tqdm(total=len(mine) * steps_per_batch, desc=desc or f"sampling {mode} {n}x{n}",
               unit="step", disable=not show_progress, leave=False) as bar:
         for b in mine:
             size = min(batch_size, num_samples - b * batch_size)

@@ -61,7 +61,8 @@ def build_parser():
                         help="'em': Euler-Maruyama on the reverse SDE (the reference); 'heun': Heun's "
                              "method on the probability-flow ODE (2 score evaluations a step)")
     parser.add_argument("--num_steps", type=int, default=200,
-                        help="sampler steps (em: N score evaluations; heun: 2N - 1)")
+                        help="sampler steps (em: N score evaluations; heun: 2N - 1 with the final "
+                             "denoiser, 2N - 2 without)")
     parser.add_argument("--tweedie", type=int, default=None, choices=[0, 1],
                         help="finish with the Tweedie denoiser E[X_0 | X_t] (no extra evaluation for "
                              "em, one for heun); default: 0 for em (as the reference), 1 for heun")
@@ -113,6 +114,9 @@ def validate(args, n0_saved, test_size):
     for name in ("num_samples_mmd", "num_steps"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.sampler == "heun" and not tweedie_flag(args) and args.num_steps < 2:
+        raise UserError("--num_steps must be >= 2 for --sampler heun with --tweedie 0 (one step would "
+                        "return the starting noise)")
     if args.batch_size < 0:
         raise UserError(f"--batch_size must be >= 0, got {args.batch_size}")
     if any(k < 1 for k in args.upscale):
@@ -189,6 +193,10 @@ def evaluate(args, state, device, folder, critic=None):
     """All requested figures as a list of dicts; grids written to `folder`."""
     model, prior, config = restore(state, device, args.weights)
     n0 = config["input_height"]
+    if critic is not None and n0 % critic.n0:
+        print(f"note: the classifier reads {critic.n0}x{critic.n0} images, this model makes {n0}x{n0}; "
+              f"Frechet distance skipped")
+        critic = None
     refs = References(args.data_root, n0, args.seed)
     native_count = args.num_samples_native or args.num_samples_mmd
 
@@ -263,8 +271,8 @@ def main(argv=None):
               "tweedie": tweedie_flag(args),
               "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, tweedie_flag(args)),
               "data": source,
-              "classifier": None if critic is None else {"path": os.path.abspath(critic_path),
-                                                         "sha256": frechet.file_sha256(critic_path)},
+              "classifier": None if not any("fd" in r for r in rows) else {
+                  "path": os.path.abspath(critic_path), "sha256": frechet.file_sha256(critic_path)},
               "resample_noise": args.resample_noise, "resample_interp": args.resample_interp,
               "model": state["model_name"], "prior": state["prior_config"], "results": rows,
               "train_config": state["config"], "versions": versions()}

@@ -1,11 +1,13 @@
 """Resolution study: MMD / K against K = 1..4, native and resample, beside the upsample oracles.
 
     python bench/resolution.py --checkpoints runs/reproduce/cpu/unet_standard_s0/last.pt \
-        --data_root ~/mnist --num_samples 1000 --num_samples_native 250
+        --data_root ~/mnist --num_samples 250
 
 Runs `test.py --upscale 1 2 3 4 --sample_mode both` on each checkpoint (its JSON and grids
 stay in --work_dir) and writes results/resolution.md, .json and .png. The Riesz MMD of
-the same images grows like K (DESIGN.md section 5), so figures are divided by K.
+the same images grows like K (DESIGN.md section 5), so figures are divided by K. Every row
+uses the same n (the V-statistic's bias depends on n), so the curves compare like with like.
+An evaluation folder that already holds a results.json is reused as it is.
 """
 import argparse
 import json
@@ -23,8 +25,8 @@ def evaluate(args, path, index):
     report = os.path.join(folder, "results.json")
     if not os.path.exists(report):  # finished evaluations are kept and reused
         evaluation.main(["--save_model", path, "--upscale", *map(str, args.upscales), "--sample_mode", "both",
-                         "--num_samples_mmd", str(args.num_samples), "--num_samples_native",
-                         str(args.num_samples_native), "--seed", str(args.seed), "--data_root", args.data_root,
+                         "--num_samples_mmd", str(args.num_samples), "--seed", str(args.seed),
+                         "--data_root", args.data_root, "--device", args.device,
                          "--results_dir", folder, "--resample_noise", "n0", "--classifier", "none",
                          "--progress", str(args.progress)])
     return json.load(open(report))
@@ -41,7 +43,8 @@ def rows_of(report):
 
 def write_outputs(args, rows):
     lines = ["# Resolution study: MMD / K at K x 28", "", f"Command: `python bench/resolution.py "
-             f"{' '.join(sys.argv[1:])}`; seed {args.seed}; CPU, torch {versions()['torch']}. Resample rows reuse "
+             f"{' '.join(sys.argv[1:])}`; seed {args.seed}; device {args.device}, torch {versions()['torch']}. "
+             f"Resample rows reuse "
              f"the n0 samples (`--resample_noise n0`).", "",
              "| model / prior | K | mode | n | MMD / K | real-vs-real / K | oracle Fourier / K |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -87,8 +90,8 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files (.pt)")
     parser.add_argument("--upscales", type=int, nargs="+", default=[1, 2, 3, 4], help="factors K")
-    parser.add_argument("--num_samples", type=int, default=1000, help="samples at 28 and for resample rows")
-    parser.add_argument("--num_samples_native", type=int, default=250, help="samples for native rows")
+    parser.add_argument("--num_samples", type=int, default=250, help="samples (and test images) of every row")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--data_root", default="./data", help="MNIST root")
     parser.add_argument("--work_dir", default="runs/resolution", help="per-checkpoint evaluations")

@@ -27,14 +27,15 @@ from resample import resample  # noqa: E402
 from utils import load_checkpoint, versions, write_json  # noqa: E402
 
 
-def configurations(budgets):
+def configurations(budgets, has_ema=True):
     """(label, sampler, steps, tweedie, weights) for every budget, plus raw-vs-EMA."""
     rows = []
     for budget in budgets:
         rows += [("em", "em", budget, False, "ema"), ("heun", "heun", (budget + 1) // 2, True, "ema")]
         if budget <= 50:  # the denoiser matters where the last EM step is large
             rows.append(("em+tweedie", "em", budget, True, "ema"))
-    rows.append(("em, raw weights", "em", max(budgets), False, "raw"))
+    if has_ema:  # without EMA weights the two rows would be the same network
+        rows.append(("em, raw weights", "em", max(budgets), False, "raw"))
     return rows
 
 
@@ -44,7 +45,7 @@ def measure(args, path, refs_cache):
     refs = refs_cache.setdefault(n0, evaluation.References(args.data_root, n0, args.seed))
     test_low, test_high = refs.images("test", args.num_samples, 2)
     results = []
-    for label, sampler, steps, tweedie, weights in configurations(args.budgets):
+    for label, sampler, steps, tweedie, weights in configurations(args.budgets, state.get("ema") is not None):
         model, prior, _ = evaluation.restore(state, "cpu", weights)
         started = time.time()
         samples = sde.generate(model, prior, args.num_samples, n0, 1, "native", args.seed, None, steps,

@@ -120,3 +120,24 @@ def test_frechet_distance_and_class_histogram_with_a_classifier(trained, tmp_pat
         assert row["fd"] >= 0 and row["fd_floor"] >= 0 and sum(row["class_histogram"]) == 12
     code, out = evaluate(trained, "--classifier", str(tmp_path / "nope.pt"), capsys=capsys)
     assert code == 2 and "--classifier" in out.err
+
+
+def test_a_classifier_for_another_grid_is_skipped_with_a_note(trained, tmp_path, capsys):
+    import torch
+
+    import frechet
+
+    path = tmp_path / "classifier16.pt"
+    torch.save({"format": frechet.FORMAT, "model": frechet.DigitClassifier().state_dict(), "kwargs": {},
+                "n0": 16}, path)
+    code, out = evaluate(trained, "--upscale", "1", "--classifier", str(path), "--results_dir", str(tmp_path / "g"),
+                         capsys=capsys)
+    assert code == 0, out.err
+    assert "Frechet distance skipped" in out.out
+    report = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert report["classifier"] is None and "fd" not in report["results"][0]
+
+
+def test_heun_without_the_denoiser_needs_two_steps(trained, capsys):
+    code, out = evaluate(trained, "--sampler", "heun", "--tweedie", "0", "--num_steps", "1", capsys=capsys)
+    assert code == 2 and "--num_steps" in out.err
