@@ -27,7 +27,7 @@ import torch
 import frechet
 import main as training
 import test as evaluation
-from utils import UserError, load_checkpoint, run_main, save_grid, versions, write_json
+from utils import UserError, load_checkpoint, run_main, save_grid, timestamp, versions, write_json
 
 BASE_PRIORS = ["standard", "lap_conv"]
 FULL_PRIORS = BASE_PRIORS + ["combined_conv", "fno", "matern"]
@@ -99,6 +99,11 @@ def train_run(args, settings, model, prior, seed, folder):
         if load_checkpoint(last)["epoch"] >= config.n_epochs:
             return config
         config.resume = True
+    elif os.path.isdir(os.path.join(folder, name)):
+        # interrupted before its first checkpoint: keep it aside (nothing is deleted), start anew
+        aside = os.path.join(folder, f"{name}.incomplete-{timestamp()}")
+        os.rename(os.path.join(folder, name), aside)
+        print(f"[reproduce] {name} had no checkpoint yet; moved it to {aside}", flush=True)
     print(f"[reproduce] training {name} ({'resuming' if config.resume else 'new'})", flush=True)
     training.train(config)
     return config
@@ -220,7 +225,9 @@ def table_markdown(records, profile, total_seconds):
 def floors_line(group):
     """Floors and oracles at the table's n: real train vs real test, n0 images interpolated."""
     def collect(mode, key):
-        return [column(r, mode)[key] for r in group if column(r, mode) and key in column(r, mode)]
+        """One value per seed: the floors depend only on the seed's reference draw."""
+        by_seed = {r["seed"]: column(r, mode)[key] for r in group if column(r, mode) and key in column(r, mode)}
+        return list(by_seed.values())
 
     parts = [f"real-vs-real 28: {mean_sd(collect('n0', 'floor_real'))} (n={group[0]['results'][0]['n']})"]
     if collect("n0", "fd_floor"):
@@ -235,7 +242,7 @@ def floors_line(group):
         parts += [f"at n={nat['n']}: real-vs-real 56 {mean_sd(collect('native', 'floor_real'))}, "
                   f"oracle Fourier {mean_sd(collect('native', 'oracle_fourier'))}, "
                   f"bicubic {mean_sd(collect('native', 'oracle_bicubic'))}"]
-    return "Floors over the same seeds' reference draws: " + "; ".join(parts) + "."
+    return "Floors (one reference draw per seed): " + "; ".join(parts) + "."
 
 
 def write_sample_grids(args, records, profile):

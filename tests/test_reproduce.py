@@ -62,3 +62,16 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path):
     assert time.time() - started < 10
     assert len(list(csv.DictReader(open(results / "runs.csv")))) == 4
 
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_kept_aside_and_restarted(tiny, tmp_path):
+    stale = tmp_path / "runs" / "tiny" / "unet_standard_s0"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    argv = ["--profile", "tiny", "--models", "unet", "--priors", "standard", "--seeds", "0",
+            "--runs_dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--data_root", str(tmp_path / "mnist"), "--progress", "0"]
+    assert call(argv) == 0
+    kept = [name for name in os.listdir(tmp_path / "runs" / "tiny") if name.startswith("unet_standard_s0.incomplete-")]
+    assert len(kept) == 1 and (tmp_path / "runs" / "tiny" / kept[0] / "config.json").exists()
+    assert (stale / "last.pt").exists()
