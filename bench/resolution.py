@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import test as evaluation  # noqa: E402
-from utils import versions, write_json  # noqa: E402
+from bench.report import write_report  # noqa: E402
+from utils import versions  # noqa: E402
 
 
 def evaluate(args, path, index):
@@ -50,39 +51,24 @@ def write_outputs(args, rows):
     for r in rows:
         lines.append(f"| {r['run']} | {r['K']} | {r['mode']} | {r['n']} | {r['mmd_over_k']:.4f} | "
                      f"{r['floor_over_k']:.4f} | {r['oracle_fourier_over_k']:.4f} |")
-    base = os.path.splitext(args.output)[0]
-    with open(args.output, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    write_json({"rows": rows, "seed": args.seed, "versions": versions()}, base + ".json")
-    plot(rows, base + ".png")
+    write_report(args.output, lines, rows, args.seed, lambda r: r["run"], draw_panel)
 
 
-def plot(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = list(dict.fromkeys(r["run"] for r in rows))
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        mine = [r for r in rows if r["run"] == run]
-        base = [r for r in mine if r["K"] == 1]
-        for mode in ("native", "resample-fourier"):
-            points = sorted((r["K"], r["mmd_over_k"]) for r in base + [r for r in mine if r["mode"] == mode])
-            ax.plot(*zip(*points), marker="o", label=mode)
-        oracle = sorted((r["K"], r["oracle_fourier_over_k"]) for r in mine if r["mode"] == "native")
-        if oracle:
-            ax.plot(*zip(*oracle), linestyle="--", color="gray", label="upsample oracle")
-        floor = sorted({(r["K"], r["floor_over_k"]) for r in mine if r["mode"] in ("n0", "native")})
-        ax.plot(*zip(*floor), linestyle=":", color="black", label="real vs real")
-        ax.set_xlabel("K (grid K x 28)")
-        ax.set_ylabel("MMD / K")
-        ax.set_yscale("log")
-        ax.set_title(run)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def draw_panel(ax, mine):
+    """MMD / K against K, native and resample, beside the upsample oracle and the floor."""
+    base = [r for r in mine if r["K"] == 1]
+    for mode in ("native", "resample-fourier"):
+        points = sorted((r["K"], r["mmd_over_k"]) for r in base + [r for r in mine if r["mode"] == mode])
+        ax.plot(*zip(*points), marker="o", label=mode)
+    oracle = sorted((r["K"], r["oracle_fourier_over_k"]) for r in mine if r["mode"] == "native")
+    if oracle:
+        ax.plot(*zip(*oracle), linestyle="--", color="gray", label="upsample oracle")
+    floor = sorted({(r["K"], r["floor_over_k"]) for r in mine if r["mode"] in ("n0", "native")})
+    ax.plot(*zip(*floor), linestyle=":", color="black", label="real vs real")
+    ax.set_xlabel("K (grid K x 28)")
+    ax.set_ylabel("MMD / K")
+    ax.set_yscale("log")
+    ax.set_title(mine[0]["run"])
 
 
 def main():

@@ -24,7 +24,8 @@ import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
 from resample import resample  # noqa: E402
-from utils import load_checkpoint, versions, write_json  # noqa: E402
+from bench.report import write_report  # noqa: E402
+from utils import load_checkpoint, versions  # noqa: E402
 
 
 def configurations(budgets, has_ema=True):
@@ -72,34 +73,20 @@ def write_outputs(args, results):
     for r in results:
         lines.append(f"| {r['model']} / {r['prior']} | {r['sampler']} | {r['weights']} | {r['steps']} | "
                      f"{r['nfe']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
-    base = os.path.splitext(args.output)[0]
-    with open(args.output, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    write_json({"results": results, "seed": args.seed, "versions": versions()}, base + ".json")
-    plot(results, base + ".png")
+    write_report(args.output, lines, results, args.seed, lambda r: r["checkpoint"], draw_panel)
 
 
-def plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    checkpoints = sorted({r["checkpoint"] for r in results})
-    fig, axes = plt.subplots(1, len(checkpoints), figsize=(4.5 * len(checkpoints), 3.4), squeeze=False)
-    for ax, checkpoint in zip(axes[0], checkpoints):
-        mine = [r for r in results if r["checkpoint"] == checkpoint and r["weights"] == "ema"]
-        for label in dict.fromkeys(r["sampler"] for r in mine):
-            points = sorted((r["nfe"], r["mmd_28"]) for r in mine if r["sampler"] == label)
-            ax.plot(*zip(*points), marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("score evaluations")
-        ax.set_ylabel("MMD at 28")
-        ax.set_title(f"{mine[0]['model']} / {mine[0]['prior']}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def draw_panel(ax, rows):
+    """MMD at 28 against score evaluations, one line per sampler (EMA weights)."""
+    mine = [r for r in rows if r["weights"] == "ema"]
+    for label in dict.fromkeys(r["sampler"] for r in mine):
+        points = sorted((r["nfe"], r["mmd_28"]) for r in mine if r["sampler"] == label)
+        ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("score evaluations")
+    ax.set_ylabel("MMD at 28")
+    ax.set_title(f"{mine[0]['model']} / {mine[0]['prior']}")
 
 
 def main():

@@ -1,0 +1,26 @@
+"""Shared output of the bench scripts: a Markdown table, the records as JSON, one plot panel per group."""
+import os
+
+from utils import versions, write_json
+
+
+def write_report(output, lines, records, seed, group_key, draw_panel):
+    """OUTPUT (Markdown lines), OUTPUT.json ({records, seed, versions}) and OUTPUT.png, whose
+    panels are draw_panel(ax, rows) for the rows of each value of group_key(row), in order."""
+    base = os.path.splitext(output)[0]
+    with open(output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_json({"results": records, "seed": seed, "versions": versions()}, base + ".json")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(group_key(r) for r in records))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        draw_panel(ax, [r for r in records if group_key(r) == group])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(base + ".png", dpi=120)
+    plt.close(fig)
