@@ -14,6 +14,8 @@ y <- y + D (g a(y, tau) + 1/2 b(tau) y) + sqrt(D) g eta,  eta = A z fresh each s
 optionally ending with Tweedie's denoiser E[X_0 | X_t] = (y + s^2 a / g) / m.
 Probability-flow ODE (same marginals, deterministic given y_1 = A z), Heun's method:
 dy/dt = -1/2 (b(t) y + g(t) a(y, t)), integrated in EDM's variables (see `heun_ode`).
+Ancestral sampling: the reverse process's exact Gaussian steps for a point mass, with the
+data replaced by the denoiser at each step (see `ancestral`).
 """
 import math
 
@@ -199,13 +201,53 @@ def heun_ode(score_net, prior, shape, num_steps=25, generator=None, device=None,
     return x.clamp(0, 1) if clamp else x
 
 
-SAMPLERS = {"em": euler_maruyama, "heun": heun_ode}
+@torch.inference_mode()
+def ancestral(score_net, prior, shape, num_steps=50, generator=None, device=None, noise_grid=None,
+              progress=None, clamp=True, tweedie=True):
+    """Sample by ancestral (DDPM-type) steps of the reverse SDE on EDM's sigma grid.
+
+    In x~ = y / m(t), sigma = s(t) / m(t) the forward process is X~_sigma = X_0 + sigma A z, a
+    Brownian motion in sigma^2 with covariance Q; so given X~_sigma = x~ and X_0 = x_0,
+    X~_sigma' (sigma' < sigma) is Gaussian (the Brownian bridge):
+        mean x_0 + r (x~ - x_0),  covariance sigma'^2 (1 - r) Q,   r = sigma'^2 / sigma^2.
+    Each step draws from it with x_0 replaced by Tweedie's D(x~, sigma): exact for a point
+    mass at any step size, unlike Euler-Maruyama, whose step is a first-order expansion in t.
+    Steps over `sigma_grid`; the last, to sigma = 0, returns D: N score evaluations.
+    tweedie=False stops at sigma_min instead (N - 1 evaluations). Noise A z' drawn as in
+    `euler_maruyama` (so the `resample` protocol applies unchanged).
+    """
+    if num_steps < (1 if tweedie else 2):
+        raise ValueError("ancestral needs num_steps >= 1 with the final denoiser, >= 2 without")
+    y = _draw_noise(prior, shape, noise_grid, generator, device)
+    sigmas = sigma_grid(num_steps, sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
+    x = y / mean_coef(torch.tensor(1.0)).item()
+    for i in range(num_steps if tweedie else num_steps - 1):
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        t_batch = torch.full((shape[0],), t_of_sigma(torch.tensor(sigma, dtype=torch.float64)).item(),
+                             device=x.device)
+        x0 = tweedie_denoise(score_net, _per_image(mean_coef(t_batch)) * x, t_batch)
+        ratio = (sigma_next / sigma) ** 2
+        x = x0 + ratio * (x - x0)
+        if sigma_next > 0:
+            x = x + sigma_next * math.sqrt(1 - ratio) * _draw_noise(prior, shape, noise_grid, generator, device)
+        if progress is not None:
+            progress.update(1)
+    if not tweedie:
+        x = x * mean_coef(t_of_sigma(sigmas[num_steps - 1])).item()
+    return x.clamp(0, 1) if clamp else x
+
+
+SAMPLERS = {"em": euler_maruyama, "heun": heun_ode, "ancestral": ancestral}
+# samplers that run on the sigma grid and, without the final denoiser, stop one step early
+SIGMA_GRID_SAMPLERS = ("heun", "ancestral")
 
 
 def score_evaluations(sampler, num_steps, tweedie):
     """Number of score-network calls per sample (the cost measure of a sampler)."""
     if sampler == "em":
         return num_steps
+    if sampler == "ancestral":
+        return num_steps if tweedie else num_steps - 1
     return 2 * num_steps - 1 if tweedie else 2 * num_steps - 2
 
 
@@ -235,7 +277,8 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     mode 'resample': draw the noise on the (upscale n0)-grid, Fourier-truncate it to n0,
                      run the reverse SDE at n0, interpolate the result to upscale n0
                      with `interp` ('fourier' or 'bicubic'), clamp to [0, 1].
-    sampler: 'em' (Euler-Maruyama on the reverse SDE) or 'heun' (probability-flow ODE);
+    sampler: 'em' (Euler-Maruyama on the reverse SDE), 'heun' (probability-flow ODE) or
+    'ancestral' (Gaussian bridge steps with the denoiser, on the sigma grid);
     tweedie: finish with the denoiser E[X_0 | X_t] (see `euler_maruyama`, `heun_ode`).
     Batch b uses the generator `batch_generator(seed, b)`, so a result depends on
     (seed, batch_size) only. batch_size None: `auto_batch_size` of the grid the SDE runs
@@ -254,7 +297,7 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     rank, world = shard
     mine = range(rank, math.ceil(num_samples / batch_size), world)
     out = []
-    steps_per_batch = num_steps - 1 if sampler == "heun" and not tweedie else num_steps
+    steps_per_batch = num_steps - 1 if sampler in SIGMA_GRID_SAMPLERS and not tweedie else num_steps
     with tqdm(total=len(mine) * steps_per_batch, desc=desc or f"sampling {mode} {n}x{n}",
               unit="step", disable=not show_progress, leave=False) as bar:
         for b in mine:

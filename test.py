@@ -59,13 +59,16 @@ def build_parser():
                              "(default: --num_samples_mmd); floors are computed at this n too")
     parser.add_argument("--sampler", default="em", choices=list(sde.SAMPLERS),
                         help="'em': Euler-Maruyama on the reverse SDE (the reference); 'heun': Heun's "
-                             "method on the probability-flow ODE (2 score evaluations a step)")
+                             "method on the probability-flow ODE (2 score evaluations a step); "
+                             "'ancestral': Gaussian bridge steps with the denoiser on the EDM sigma grid "
+                             "(1 a step)")
     parser.add_argument("--num_steps", type=int, default=200,
                         help="sampler steps (em: N score evaluations; heun: 2N - 1 with the final "
-                             "denoiser, 2N - 2 without)")
+                             "denoiser, 2N - 2 without; ancestral: N with it, N - 1 without)")
     parser.add_argument("--tweedie", type=int, default=None, choices=[0, 1],
                         help="finish with the Tweedie denoiser E[X_0 | X_t] (no extra evaluation for "
-                             "em, one for heun); default: 0 for em (as the reference), 1 for heun")
+                             "em, one for heun and ancestral); default: 0 for em (as the reference), "
+                             "1 for heun and ancestral")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the real images)")
     parser.add_argument("--batch_size", type=int, default=0,
                         help="sampling batch size (0: automatic, a fixed pixel budget on a CPU)")
@@ -107,16 +110,16 @@ def restore(state, device, weights="ema"):
 
 
 def tweedie_flag(args):
-    return bool(args.sampler == "heun" if args.tweedie is None else args.tweedie)
+    return bool(args.sampler in sde.SIGMA_GRID_SAMPLERS if args.tweedie is None else args.tweedie)
 
 
 def validate(args, n0_saved, test_size):
     for name in ("num_samples_mmd", "num_steps"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if args.sampler == "heun" and not tweedie_flag(args) and args.num_steps < 2:
-        raise UserError("--num_steps must be >= 2 for --sampler heun with --tweedie 0 (one step would "
-                        "return the starting noise)")
+    if args.sampler in sde.SIGMA_GRID_SAMPLERS and not tweedie_flag(args) and args.num_steps < 2:
+        raise UserError(f"--num_steps must be >= 2 for --sampler {args.sampler} with --tweedie 0 "
+                        "(one step would return the starting noise)")
     if args.batch_size < 0:
         raise UserError(f"--batch_size must be >= 0, got {args.batch_size}")
     if any(k < 1 for k in args.upscale):

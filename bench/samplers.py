@@ -5,8 +5,8 @@
 
 For each checkpoint and each budget of score evaluations (NFE, --budgets): Euler-Maruyama
 (the reference), Euler-Maruyama ending with Tweedie's denoiser (budgets <= 50, where the
-last step is large), and Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen so that
-2N - 1 <= budget). Every configuration draws --num_samples images at 28 with the same
+last step is large), Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen so that
+2N - 1 <= budget), and ancestral sampling on the same sigma grid (N steps = N evaluations). Every configuration draws --num_samples images at 28 with the same
 seed; the 56 figure is the same samples Fourier-upsampled (the resample protocol with
 n0 noise). Also the raw weights against the EMA weights at the largest EM budget.
 """
@@ -32,7 +32,8 @@ def configurations(budgets, has_ema=True):
     """(label, sampler, steps, tweedie, weights) for every budget, plus raw-vs-EMA."""
     rows = []
     for budget in budgets:
-        rows += [("em", "em", budget, False, "ema"), ("heun", "heun", (budget + 1) // 2, True, "ema")]
+        rows += [("em", "em", budget, False, "ema"), ("heun", "heun", (budget + 1) // 2, True, "ema"),
+                 ("ancestral", "ancestral", budget, True, "ema")]
         if budget <= 50:  # the denoiser matters where the last EM step is large
             rows.append(("em+tweedie", "em", budget, True, "ema"))
     if has_ema:  # without EMA weights the two rows would be the same network

@@ -1,6 +1,7 @@
-"""Time conditioning shared by the score networks: a Fourier embedding of t and FiLM.
+"""Conditioning shared by the score networks: a Fourier embedding of t, FiLM, and the
+periodic position channels.
 
-Kept apart from the three networks so that all of them see t the same way.
+Kept apart from the three networks so that all of them see t and position the same way.
 """
 import math
 
@@ -55,3 +56,11 @@ def group_norm(channels, max_groups=32, min_group_size=4):
     limit = max(1, min(max_groups, channels // min_group_size))
     groups = max(g for g in range(1, limit + 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
+
+
+def periodic_grid(n, batch, dtype, device):
+    """(batch, 4, n, n): sin/cos of 2 pi x and of 2 pi y at the pixel centres."""
+    x = (torch.arange(n, dtype=dtype, device=device) + 0.5) / n
+    angle_x = (2 * math.pi * x).reshape(1, 1, n, 1).expand(batch, 1, n, n)
+    angle_y = (2 * math.pi * x).reshape(1, 1, 1, n).expand(batch, 1, n, n)
+    return torch.cat([angle_x.sin(), angle_x.cos(), angle_y.sin(), angle_y.cos()], dim=1)

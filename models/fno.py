@@ -19,20 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.embedding import FiLM, TimeEmbedding
+from models.embedding import FiLM, TimeEmbedding, periodic_grid
 
 PROFILES = {
     "small": dict(width=32, modes=12, n_layers=4),
     "paper": dict(width=64, modes=14, n_layers=7),  # reference size (11.3M complex+real numel)
 }
-
-
-def periodic_grid(n, batch, dtype, device):
-    """(batch, 4, n, n): sin/cos of 2 pi x and of 2 pi y at the pixel centres."""
-    x = (torch.arange(n, dtype=dtype, device=device) + 0.5) / n
-    angle_x = (2 * math.pi * x).reshape(1, 1, n, 1).expand(batch, 1, n, n)
-    angle_y = (2 * math.pi * x).reshape(1, 1, 1, n).expand(batch, 1, n, n)
-    return torch.cat([angle_x.sin(), angle_x.cos(), angle_y.sin(), angle_y.cos()], dim=1)
 
 
 class SpectralConv2d(nn.Module):

@@ -114,6 +114,26 @@ def test_cno_commutes_with_periodic_shifts_by_a_coarsest_grid_pixel():
                                rtol=1e-4, atol=1e-4)
 
 
+def test_position_channels_break_the_shift_symmetry_so_the_cno_can_find_the_centre():
+    """Without them the network's output for a constant input is constant (it cannot know
+    where it is on the torus); with them it varies over the grid, and a shifted input no
+    longer gives the shifted output."""
+    x, t = torch.full((1, 1, 16, 16), 0.5), torch.rand(1)
+    blind = tiny_cno(grid_channels=False)(x, t)
+    assert torch.allclose(blind, blind.mean().expand_as(blind), atol=1e-5)
+    model = tiny_cno(grid_channels=True)
+    assert model(x, t).std() > 1e-2
+    y = torch.randn(1, 1, 16, 16)
+    moved = model(torch.roll(y, shifts=(4, -8), dims=(-2, -1)), t)
+    assert (moved - torch.roll(model(y, t), shifts=(4, -8), dims=(-2, -1))).abs().max() > 1e-2
+
+
+def test_profiles_see_position_and_old_checkpoints_without_it_still_build():
+    assert all(profile["grid_channels"] for profile in PROFILES.values())
+    assert CNO(**TINY).lift.block.conv.in_channels == 1
+    assert CNO(**TINY, grid_channels=True).lift.block.conv.in_channels == 5
+
+
 def relative_error(approx, exact):
     return ((approx - exact).norm() / exact.norm()).item()
 

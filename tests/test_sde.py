@@ -236,6 +236,33 @@ def test_heun_with_the_final_denoiser_ends_on_the_data_for_a_point_mass():
     assert (out - 0.4).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("prior_name", ["standard", "lap_conv"])
+def test_ancestral_steps_are_exact_for_a_point_mass_at_any_step_size(prior_name):
+    """Each step samples the Brownian bridge of x~ = c + sigma A z exactly, so 3 steps end at
+    sigma_min with x~ - c distributed as sigma_min A z (Euler-Maruyama is far off at 3 steps)."""
+    prior = build_prior(prior_name, N0)
+    out = sde.ancestral(GaussianScore(0.4, 0.0), prior, (256, 1, N0, N0), 3, torch.Generator().manual_seed(0),
+                        clamp=False, tweedie=False).double()
+    t_min = sde.t_of_sigma(torch.tensor(sde.SIGMA_MIN, dtype=torch.float64))
+    residual = out / sde.mean_coef(t_min) - 0.4
+    expected = sde.SIGMA_MIN * prior.sample((256, 1, N0, N0), torch.Generator().manual_seed(1)).double().std()
+    assert abs(residual.mean().item()) < 0.05 * expected
+    assert residual.std().item() == pytest.approx(expected.item(), rel=0.03)
+
+
+def test_ancestral_sampling_of_gaussian_data_converges_to_its_variance():
+    """Replacing X_0 by its mean E[X_0 | x~] shrinks the variance at coarse steps (under-dispersed,
+    where Euler-Maruyama over-disperses); the error must shrink as the steps grow."""
+    prior, variance = build_prior("standard", N0), 0.05
+    errors = []
+    for steps in (25, 200):
+        out = sde.ancestral(GaussianScore(0.4, variance), prior, (64, 1, N0, N0), steps,
+                            torch.Generator().manual_seed(0), clamp=False, tweedie=False).double()
+        assert out.mean().item() == pytest.approx(0.4, abs=0.005)
+        errors.append(abs(out.var().item() - variance) / variance)
+    assert errors[1] < 0.1 and errors[1] < errors[0] / 3, errors
+
+
 def test_score_evaluations_are_counted_as_the_samplers_call_the_network():
     calls = []
 
@@ -244,14 +271,15 @@ def test_score_evaluations_are_counted_as_the_samplers_call_the_network():
         return torch.zeros_like(y)
 
     prior = build_prior("standard", 8)
-    for sampler, steps, tweedie in [("em", 7, False), ("em", 7, True), ("heun", 5, False), ("heun", 5, True)]:
+    for sampler, steps, tweedie in [("em", 7, False), ("em", 7, True), ("heun", 5, False), ("heun", 5, True),
+                                    ("ancestral", 5, False), ("ancestral", 5, True)]:
         calls.clear()
         sde.SAMPLERS[sampler](counting, prior, (2, 1, 8, 8), steps, torch.Generator().manual_seed(0),
                               tweedie=tweedie)
         assert len(calls) == sde.score_evaluations(sampler, steps, tweedie), (sampler, tweedie)
 
 
-@pytest.mark.parametrize("sampler", ["em", "heun"])
+@pytest.mark.parametrize("sampler", list(sde.SAMPLERS))
 def test_generate_runs_every_sampler(sampler):
     out = sde.generate(dummy_net(), build_prior("standard", N0), 5, N0, 2, "native", seed=1, batch_size=3,
                        num_steps=3, show_progress=False, sampler=sampler, tweedie=True)

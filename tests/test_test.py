@@ -95,12 +95,14 @@ def test_a_corrupt_checkpoint_is_refused_by_the_real_cli(trained, tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_the_probability_flow_sampler_is_selectable_and_recorded(trained, tmp_path, capsys):
-    code, out = evaluate(trained, "--upscale", "1", "--sampler", "heun", "--results_dir", str(tmp_path / "h"),
+@pytest.mark.parametrize("sampler, evaluations", [("heun", 5), ("ancestral", 3)])
+def test_the_sigma_grid_samplers_are_selectable_and_recorded(trained, tmp_path, capsys, sampler, evaluations):
+    code, out = evaluate(trained, "--upscale", "1", "--sampler", sampler, "--results_dir", str(tmp_path / "h"),
                          capsys=capsys)
     assert code == 0, out.err
     report = json.loads((tmp_path / "h" / "results.json").read_text())
-    assert report["sampler"] == "heun" and report["tweedie"] is True and report["score_evaluations"] == 5
+    assert report["sampler"] == sampler and report["tweedie"] is True
+    assert report["score_evaluations"] == evaluations
 
 
 def test_frechet_distance_and_class_histogram_with_a_classifier(trained, tmp_path, capsys):
@@ -138,6 +140,7 @@ def test_a_classifier_for_another_grid_is_skipped_with_a_note(trained, tmp_path,
     assert report["classifier"] is None and "fd" not in report["results"][0]
 
 
-def test_heun_without_the_denoiser_needs_two_steps(trained, capsys):
-    code, out = evaluate(trained, "--sampler", "heun", "--tweedie", "0", "--num_steps", "1", capsys=capsys)
+@pytest.mark.parametrize("sampler", ["heun", "ancestral"])
+def test_sigma_grid_samplers_without_the_denoiser_need_two_steps(trained, capsys, sampler):
+    code, out = evaluate(trained, "--sampler", sampler, "--tweedie", "0", "--num_steps", "1", capsys=capsys)
     assert code == 2 and "--num_steps" in out.err
