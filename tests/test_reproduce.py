@@ -75,3 +75,16 @@ def test_a_run_killed_before_its_first_checkpoint_is_kept_aside_and_restarted(ti
     kept = [name for name in os.listdir(tmp_path / "runs" / "tiny") if name.startswith("unet_standard_s0.incomplete-")]
     assert len(kept) == 1 and (tmp_path / "runs" / "tiny" / kept[0] / "config.json").exists()
     assert (stale / "last.pt").exists()
+
+
+def test_the_per_run_records_under_results_are_not_git_ignored():
+    """The table is rebuilt from results/runs/PROFILE/*.json: they must be committed with it
+    (a bare `runs/` pattern in .gitignore, meant for the checkpoints, once hid them)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    check = subprocess.run(["git", "check-ignore", "--no-index", "-q", "results/runs/cpu/unet_standard_s0.json"],
+                           cwd=root, capture_output=True)
+    assert check.returncode == 1, "results/runs/ records are git-ignored"
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/reproduce/cpu/x/last.pt"], cwd=root)
+    assert ignored.returncode == 0, "checkpoints under runs/ should stay ignored"
