@@ -28,17 +28,34 @@ from bench.report import write_report  # noqa: E402
 from utils import load_checkpoint, versions  # noqa: E402
 
 
-def configurations(budgets, has_ema=True):
+SAMPLER_LABELS = ("em", "em+tweedie", "heun", "ancestral")
+
+
+def configurations(budgets, has_ema=True, samplers=SAMPLER_LABELS, heun_budgets=None, compare_raw=True):
     """(label, sampler, steps, tweedie, weights) for every budget, plus raw-vs-EMA."""
     rows = []
     for budget in budgets:
-        rows += [("em", "em", budget, False, "ema"), ("heun", "heun", (budget + 1) // 2, True, "ema"),
-                 ("ancestral", "ancestral", budget, True, "ema")]
-        if budget <= 50:  # the denoiser matters where the last EM step is large
+        if "em" in samplers:
+            rows.append(("em", "em", budget, False, "ema"))
+        if "heun" in samplers and budget in (heun_budgets or budgets):
+            rows.append(("heun", "heun", (budget + 1) // 2, True, "ema"))
+        if "ancestral" in samplers:
+            rows.append(("ancestral", "ancestral", budget, True, "ema"))
+        if "em+tweedie" in samplers and budget <= 50:  # the denoiser matters where the last EM step is large
             rows.append(("em+tweedie", "em", budget, True, "ema"))
-    if has_ema:  # without EMA weights the two rows would be the same network
+    if has_ema and compare_raw:  # without EMA weights the two rows would be the same network
         rows.append(("em, raw weights", "em", max(budgets), False, "raw"))
     return rows
+
+
+def row_key(row):
+    return (row["checkpoint"], row["sampler"], row["steps"], row["weights"])
+
+
+def merge(earlier, new):
+    """Rows of earlier runs (other checkpoints or samplers) kept, those measured again replaced."""
+    fresh = {row_key(r) for r in new}
+    return [r for r in earlier if row_key(r) not in fresh] + new
 
 
 def measure(args, path, refs_cache):
@@ -47,7 +64,9 @@ def measure(args, path, refs_cache):
     refs = refs_cache.setdefault(n0, evaluation.References(args.data_root, n0, args.seed))
     test_low, test_high = refs.images("test", args.num_samples, 2)
     results = []
-    for label, sampler, steps, tweedie, weights in configurations(args.budgets, state.get("ema") is not None):
+    plan = configurations(args.budgets, state.get("ema") is not None, args.samplers, args.heun_budgets,
+                          bool(args.compare_raw))
+    for label, sampler, steps, tweedie, weights in plan:
         model, prior, _ = evaluation.restore(state, "cpu", weights)
         started = time.time()
         samples = sde.generate(model, prior, args.num_samples, n0, 1, "native", args.seed, None, steps,
@@ -58,22 +77,25 @@ def measure(args, path, refs_cache):
                "nfe": sde.score_evaluations(sampler, steps, tweedie), "n": args.num_samples,
                "mmd_28": riesz_mmd(samples, test_low),
                "mmd_56_resample": riesz_mmd(resample(samples, 2 * n0, "fourier").clamp(0, 1), test_high),
-               "seconds": seconds}
+               "seconds": seconds, "command": "python bench/samplers.py " + " ".join(sys.argv[1:])}
         print(json.dumps(row), flush=True)
         results.append(row)
     return results
 
 
 def write_outputs(args, results):
+    commands = dict.fromkeys(r["command"] for r in results)
     lines = ["# Samplers: MMD against score evaluations", "",
-             f"Command: `python bench/samplers.py {' '.join(sys.argv[1:])}`", "",
-             f"n = {args.num_samples} samples per figure against as many MNIST test images, seed "
-             f"{args.seed}; 56 = the 28 samples Fourier-upsampled. CPU, torch {versions()['torch']}.", "",
-             "| model / prior | sampler | weights | steps | NFE | MMD 28 | MMD 56 (resample) | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
+             "Commands (rows of earlier runs are kept; each row names its own):", ""]
+    lines += [f"- `{c}`" for c in commands]
+    lines += ["", f"n samples per figure against as many MNIST test images, seed {args.seed}; 56 = the 28 samples "
+              f"Fourier-upsampled. CPU, torch {versions()['torch']}.", "",
+              "| model / prior | sampler | weights | steps | NFE | n | MMD 28 | MMD 56 (resample) | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    order = {c: i for i, c in enumerate(dict.fromkeys(r["checkpoint"] for r in results))}
+    for r in sorted(results, key=lambda r: (order[r["checkpoint"]], r["weights"] != "ema", r["nfe"], r["sampler"])):
         lines.append(f"| {r['model']} / {r['prior']} | {r['sampler']} | {r['weights']} | {r['steps']} | "
-                     f"{r['nfe']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
+                     f"{r['nfe']} | {r['n']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
     write_report(args.output, lines, results, args.seed, lambda r: r["checkpoint"], draw_panel)
 
 
@@ -99,11 +121,24 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the test images)")
     parser.add_argument("--data_root", default="./data", help="MNIST root")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_LABELS), choices=SAMPLER_LABELS,
+                        help="samplers to run (em+tweedie only at budgets <= 50)")
+    parser.add_argument("--heun_budgets", type=int, nargs="+", default=None,
+                        help="budgets for heun (default: --budgets)")
+    parser.add_argument("--compare_raw", type=int, default=1, choices=[0, 1],
+                        help="1: also Euler-Maruyama with the raw (non-EMA) weights at the largest budget")
     parser.add_argument("--output", default="results/samplers.md", help="Markdown file (+ .json, .png)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new report instead of keeping the rows of OUTPUT.json that this "
+                             "run does not measure again")
     args = parser.parse_args()
-    refs_cache, results = {}, []
+    earlier_path = os.path.splitext(args.output)[0] + ".json"
+    results = []
+    if os.path.exists(earlier_path) and not args.fresh:
+        results = json.load(open(earlier_path))["results"]
+    refs_cache = {}
     for path in args.checkpoints:
-        results += measure(args, path, refs_cache)
+        results = merge(results, measure(args, path, refs_cache))
         write_outputs(args, results)
     print(f"written {args.output}")
 

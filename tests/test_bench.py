@@ -1,0 +1,22 @@
+"""The bench scripts' planning and bookkeeping (the measurements themselves are run by hand)."""
+from bench.samplers import configurations, merge
+
+
+def test_sampler_plan_follows_the_chosen_samplers_and_budgets():
+    plan = configurations([25, 100], samplers=("em", "heun", "ancestral", "em+tweedie"), heun_budgets=[25])
+    assert [(label, steps) for label, _, steps, _, _ in plan] == [
+        ("em", 25), ("heun", 13), ("ancestral", 25), ("em+tweedie", 25),
+        ("em", 100), ("ancestral", 100), ("em, raw weights", 100)]
+    only = configurations([50], samplers=("ancestral",), compare_raw=False)
+    assert only == [("ancestral", "ancestral", 50, True, "ema")]
+    assert all(weights == "ema" for *_, weights in configurations([50], has_ema=False))
+
+
+def test_a_new_run_replaces_its_own_rows_and_keeps_the_others():
+    def row(checkpoint, sampler, steps, mmd):
+        return {"checkpoint": checkpoint, "sampler": sampler, "steps": steps, "weights": "ema", "mmd_28": mmd}
+
+    earlier = [row("a.pt", "em", 50, 0.1), row("a.pt", "heun", 25, 0.2), row("b.pt", "em", 50, 0.3)]
+    merged = merge(earlier, [row("a.pt", "em", 50, 0.05), row("a.pt", "ancestral", 50, 0.04)])
+    assert [(r["checkpoint"], r["sampler"], r["mmd_28"]) for r in merged] == [
+        ("a.pt", "heun", 0.2), ("b.pt", "em", 0.3), ("a.pt", "em", 0.05), ("a.pt", "ancestral", 0.04)]
