@@ -29,6 +29,7 @@ def evaluate(args, path, index):
                          "--num_samples_mmd", str(args.num_samples), "--seed", str(args.seed),
                          "--data_root", args.data_root, "--device", args.device,
                          "--results_dir", folder, "--resample_noise", "n0", "--classifier", "none",
+                         "--sampler", args.sampler, "--num_steps", str(args.num_steps),
                          "--progress", str(args.progress)])
     return json.load(open(report))
 
@@ -44,7 +45,8 @@ def rows_of(report):
 
 def write_outputs(args, rows):
     lines = ["# Resolution study: MMD / K at K x 28", "", f"Command: `python bench/resolution.py "
-             f"{' '.join(sys.argv[1:])}`; seed {args.seed}; device {args.device}, torch {versions()['torch']}. "
+             f"{' '.join(sys.argv[1:])}`; sampler {args.sampler}, {args.num_steps} steps; seed {args.seed}; "
+             f"device {args.device}, torch {versions()['torch']}. "
              f"Resample rows reuse "
              f"the n0 samples (`--resample_noise n0`).", "",
              "| model / prior | K | mode | n | MMD / K | real-vs-real / K | oracle Fourier / K |", "|---|---|---|---|---|---|---|"]
@@ -82,6 +84,9 @@ def main():
     parser.add_argument("--data_root", default="./data", help="MNIST root")
     parser.add_argument("--work_dir", default="runs/resolution", help="per-checkpoint evaluations")
     parser.add_argument("--output", default="results/resolution.md", help="Markdown file (+ .json, .png)")
+    parser.add_argument("--sampler", default="em", choices=["em", "heun", "ancestral"],
+                        help="sampler of test.py (native sampling at K = 4 costs ~16x K = 1)")
+    parser.add_argument("--num_steps", type=int, default=200, help="sampler steps")
     parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
     args = parser.parse_args()
     rows = []
