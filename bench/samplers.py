@@ -29,6 +29,7 @@ from utils import load_checkpoint, versions  # noqa: E402
 
 
 SAMPLER_LABELS = ("em", "em+tweedie", "heun", "ancestral")
+COLORS = {"em": "tab:blue", "em+tweedie": "tab:green", "heun": "tab:orange", "ancestral": "tab:red"}
 
 
 def configurations(budgets, has_ema=True, samplers=SAMPLER_LABELS, heun_budgets=None, compare_raw=True):
@@ -104,7 +105,7 @@ def draw_panel(ax, rows):
     mine = [r for r in rows if r["weights"] == "ema"]
     for label in dict.fromkeys(r["sampler"] for r in mine):
         points = sorted((r["nfe"], r["mmd_28"]) for r in mine if r["sampler"] == label)
-        ax.plot(*zip(*points), marker="o", label=label)
+        ax.plot(*zip(*points), marker="o", label=label, color=COLORS.get(label))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("score evaluations")
