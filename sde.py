@@ -162,6 +162,30 @@ def sigma_grid(num_steps, sigma_max, sigma_min=SIGMA_MIN, rho=SIGMA_RHO):
     return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
 
 
+def denoise_at_sigma(score_net, x, sigma):
+    """D(x~, sigma) = E[X_0 | X~ = x~] for x~ = y / m(t): Tweedie's denoiser at t = t(sigma), y = m(t) x~."""
+    t = torch.full((x.shape[0],), t_of_sigma(torch.tensor(sigma, dtype=torch.float64)).item(), device=x.device)
+    return tweedie_denoise(score_net, _per_image(mean_coef(t)) * x, t)
+
+
+def _start_on_sigma_grid(name, prior, shape, num_steps, tweedie, noise_grid, generator, device):
+    """Start of the sigma-grid samplers: x~ = y_1 / m(1) with y_1 = A z drawn as in `euler_maruyama`,
+    the `sigma_grid` from sigma(1), and the number of steps to run (the last one, to sigma = 0, is
+    taken only with the final denoiser)."""
+    if num_steps < (1 if tweedie else 2):
+        raise ValueError(f"{name} needs num_steps >= 1 with the final denoiser, >= 2 without")
+    y = _draw_noise(prior, shape, noise_grid, generator, device)
+    sigmas = sigma_grid(num_steps, sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
+    return y / mean_coef(torch.tensor(1.0)).item(), sigmas, num_steps if tweedie else num_steps - 1
+
+
+def _finish_on_sigma_grid(x, sigmas, tweedie, clamp):
+    """Back from x~ to y; without the final denoiser the samplers stopped at sigma_min = sigmas[-2]."""
+    if not tweedie:
+        x = x * mean_coef(t_of_sigma(sigmas[-2])).item()
+    return x.clamp(0, 1) if clamp else x
+
+
 @torch.inference_mode()
 def heun_ode(score_net, prior, shape, num_steps=25, generator=None, device=None, noise_grid=None,
              progress=None, clamp=True, tweedie=True):
@@ -174,31 +198,20 @@ def heun_ode(score_net, prior, shape, num_steps=25, generator=None, device=None,
     score evaluations. tweedie=False stops at sigma_min instead (2N - 2 evaluations).
     The only randomness is the starting noise, drawn as in `euler_maruyama`.
     """
-    if num_steps < (1 if tweedie else 2):
-        raise ValueError("heun_ode needs num_steps >= 1 with the final denoiser, >= 2 without")
-    y = _draw_noise(prior, shape, noise_grid, generator, device)
-    sigmas = sigma_grid(num_steps, sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
-    x = y / mean_coef(torch.tensor(1.0)).item()
-
-    def denoised(x, sigma):
-        t = t_of_sigma(torch.tensor(sigma, dtype=torch.float64)).item()
-        t_batch = torch.full((shape[0],), t, device=x.device)
-        return tweedie_denoise(score_net, mean_coef(t_batch).reshape(-1, 1, 1, 1) * x, t_batch)
-
-    for i in range(num_steps if tweedie else num_steps - 1):
+    x, sigmas, steps_run = _start_on_sigma_grid("heun_ode", prior, shape, num_steps, tweedie, noise_grid,
+                                                generator, device)
+    for i in range(steps_run):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        slope = (x - denoised(x, sigma)) / sigma
+        slope = (x - denoise_at_sigma(score_net, x, sigma)) / sigma
         x_euler = x + (sigma_next - sigma) * slope
         if sigma_next > 0:
-            slope_next = (x_euler - denoised(x_euler, sigma_next)) / sigma_next
+            slope_next = (x_euler - denoise_at_sigma(score_net, x_euler, sigma_next)) / sigma_next
             x = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
         else:
             x = x_euler
         if progress is not None:
             progress.update(1)
-    if not tweedie:
-        x = x * mean_coef(t_of_sigma(sigmas[num_steps - 1])).item()
-    return x.clamp(0, 1) if clamp else x
+    return _finish_on_sigma_grid(x, sigmas, tweedie, clamp)
 
 
 @torch.inference_mode()
@@ -216,25 +229,18 @@ def ancestral(score_net, prior, shape, num_steps=50, generator=None, device=None
     tweedie=False stops at sigma_min instead (N - 1 evaluations). Noise A z' drawn as in
     `euler_maruyama` (so the `resample` protocol applies unchanged).
     """
-    if num_steps < (1 if tweedie else 2):
-        raise ValueError("ancestral needs num_steps >= 1 with the final denoiser, >= 2 without")
-    y = _draw_noise(prior, shape, noise_grid, generator, device)
-    sigmas = sigma_grid(num_steps, sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
-    x = y / mean_coef(torch.tensor(1.0)).item()
-    for i in range(num_steps if tweedie else num_steps - 1):
+    x, sigmas, steps_run = _start_on_sigma_grid("ancestral", prior, shape, num_steps, tweedie, noise_grid,
+                                                generator, device)
+    for i in range(steps_run):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        t_batch = torch.full((shape[0],), t_of_sigma(torch.tensor(sigma, dtype=torch.float64)).item(),
-                             device=x.device)
-        x0 = tweedie_denoise(score_net, _per_image(mean_coef(t_batch)) * x, t_batch)
+        x0 = denoise_at_sigma(score_net, x, sigma)
         ratio = (sigma_next / sigma) ** 2
         x = x0 + ratio * (x - x0)
         if sigma_next > 0:
             x = x + sigma_next * math.sqrt(1 - ratio) * _draw_noise(prior, shape, noise_grid, generator, device)
         if progress is not None:
             progress.update(1)
-    if not tweedie:
-        x = x * mean_coef(t_of_sigma(sigmas[num_steps - 1])).item()
-    return x.clamp(0, 1) if clamp else x
+    return _finish_on_sigma_grid(x, sigmas, tweedie, clamp)
 
 
 SAMPLERS = {"em": euler_maruyama, "heun": heun_ode, "ancestral": ancestral}

@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.report import write_report  # noqa: E402
 from utils import versions  # noqa: E402
@@ -84,7 +85,7 @@ def main():
     parser.add_argument("--data_root", default="./data", help="MNIST root")
     parser.add_argument("--work_dir", default="runs/resolution", help="per-checkpoint evaluations")
     parser.add_argument("--output", default="results/resolution.md", help="Markdown file (+ .json, .png)")
-    parser.add_argument("--sampler", default="em", choices=["em", "heun", "ancestral"],
+    parser.add_argument("--sampler", default="em", choices=list(sde.SAMPLERS),
                         help="sampler of test.py (native sampling at K = 4 costs ~16x K = 1)")
     parser.add_argument("--num_steps", type=int, default=200, help="sampler steps")
     parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
