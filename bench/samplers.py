@@ -51,7 +51,13 @@ def configurations(budgets, has_ema=True, samplers=SAMPLER_LABELS, heun_budgets=
 
 
 def row_key(row):
-    return (row["checkpoint"], row["sampler"], row["steps"], row["weights"])
+    return (row["checkpoint"], row["sampler"], row["steps"], row["weights"], row["seed"])
+
+
+def load_earlier(path):
+    """Rows of an earlier report; rows from before rows carried their seed get the report's seed."""
+    report = json.load(open(path))
+    return [{**row, "seed": row.get("seed", report["seed"])} for row in report["results"]]
 
 
 def merge(earlier, new):
@@ -75,7 +81,7 @@ def measure(args, path, refs_cache):
                                "cpu", desc=f"{label} {steps}", sampler=sampler, tweedie=tweedie)
         seconds = time.time() - started
         row = {"checkpoint": path, "model": state["model_name"], "prior": state["prior_config"]["name"],
-               "sampler": label, "steps": steps, "weights": weights,
+               "sampler": label, "steps": steps, "weights": weights, "seed": args.seed,
                "nfe": sde.score_evaluations(sampler, steps, tweedie), "n": args.num_samples,
                "mmd_28": riesz_mmd(samples, test_low),
                "mmd_56_resample": riesz_mmd(resample(samples, 2 * n0, "fourier").clamp(0, 1), test_high),
@@ -90,14 +96,15 @@ def write_outputs(args, results):
     lines = ["# Samplers: MMD against score evaluations", "",
              "Commands (rows of earlier runs are kept; each row names its own):", ""]
     lines += [f"- `{c}`" for c in commands]
-    lines += ["", f"n samples per figure against as many MNIST test images, seed {args.seed}; 56 = the 28 samples "
+    lines += ["", "n samples per figure against as many MNIST test images, chosen by the row's seed (which also "
+              "seeds the sampler); 56 = the 28 samples "
               f"Fourier-upsampled. CPU, torch {versions()['torch']}.", "",
-              "| model / prior | sampler | weights | steps | NFE | n | MMD 28 | MMD 56 (resample) | seconds |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| model / prior | sampler | weights | steps | NFE | n | seed | MMD 28 | MMD 56 (resample) | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(dict.fromkeys(r["checkpoint"] for r in results))}
     for r in sorted(results, key=lambda r: (order[r["checkpoint"]], r["weights"] != "ema", r["nfe"], r["sampler"])):
         lines.append(f"| {r['model']} / {r['prior']} | {r['sampler']} | {r['weights']} | {r['steps']} | "
-                     f"{r['nfe']} | {r['n']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
+                     f"{r['nfe']} | {r['n']} | {r['seed']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
     write_report(args.output, lines, results, args.seed, lambda r: r["checkpoint"], draw_panel)
 
 
@@ -137,7 +144,7 @@ def main():
     earlier_path = os.path.splitext(args.output)[0] + ".json"
     results = []
     if os.path.exists(earlier_path) and not args.fresh:
-        results = json.load(open(earlier_path))["results"]
+        results = load_earlier(earlier_path)
     refs_cache = {}
     for path in args.checkpoints:
         results = merge(results, measure(args, path, refs_cache))

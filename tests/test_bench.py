@@ -1,5 +1,7 @@
 """The bench scripts' planning and bookkeeping (the measurements themselves are run by hand)."""
-from bench.samplers import configurations, merge
+import json
+
+from bench.samplers import configurations, load_earlier, merge
 
 
 def test_sampler_plan_follows_the_chosen_samplers_and_budgets():
@@ -13,10 +15,21 @@ def test_sampler_plan_follows_the_chosen_samplers_and_budgets():
 
 
 def test_a_new_run_replaces_its_own_rows_and_keeps_the_others():
-    def row(checkpoint, sampler, steps, mmd):
-        return {"checkpoint": checkpoint, "sampler": sampler, "steps": steps, "weights": "ema", "mmd_28": mmd}
+    def row(checkpoint, sampler, steps, mmd, seed=0):
+        return {"checkpoint": checkpoint, "sampler": sampler, "steps": steps, "weights": "ema", "mmd_28": mmd,
+                "seed": seed}
 
     earlier = [row("a.pt", "em", 50, 0.1), row("a.pt", "heun", 25, 0.2), row("b.pt", "em", 50, 0.3)]
     merged = merge(earlier, [row("a.pt", "em", 50, 0.05), row("a.pt", "ancestral", 50, 0.04)])
     assert [(r["checkpoint"], r["sampler"], r["mmd_28"]) for r in merged] == [
         ("a.pt", "heun", 0.2), ("b.pt", "em", 0.3), ("a.pt", "em", 0.05), ("a.pt", "ancestral", 0.04)]
+
+    other_seed = merge(merged, [row("a.pt", "em", 50, 0.06, seed=1)])
+    assert [(r["seed"], r["mmd_28"]) for r in other_seed if r["sampler"] == "em" and r["checkpoint"] == "a.pt"] \
+        == [(0, 0.05), (1, 0.06)]
+
+
+def test_rows_of_reports_written_before_rows_had_a_seed_take_the_reports_seed(tmp_path):
+    path = tmp_path / "samplers.json"
+    path.write_text(json.dumps({"seed": 3, "results": [{"checkpoint": "a.pt"}, {"checkpoint": "b.pt", "seed": 5}]}))
+    assert [r["seed"] for r in load_earlier(str(path))] == [3, 5]
