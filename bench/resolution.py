@@ -39,9 +39,10 @@ def rows_of(report):
     name = f"{report['model']} / {report['prior']['name']}"
     for r in report["results"]:
         k = r["upscale"]
+        oracle = r.get("oracle_fourier")  # none at K = 1: nothing is upsampled
         yield {"run": name, "K": k, "mode": "n0" if k == 1 else r["mode"], "n": r["n"], "mmd_over_k": r["mmd"] / k,
                "floor_over_k": r["floor_real"] / k,
-               "oracle_fourier_over_k": r.get("oracle_fourier", float("nan")) / k}
+               "oracle_fourier_over_k": None if oracle is None else oracle / k}
 
 
 def write_outputs(args, rows):
@@ -52,8 +53,9 @@ def write_outputs(args, rows):
              f"the n0 samples (`--resample_noise n0`).", "",
              "| model / prior | K | mode | n | MMD / K | real-vs-real / K | oracle Fourier / K |", "|---|---|---|---|---|---|---|"]
     for r in rows:
+        oracle = r["oracle_fourier_over_k"]
         lines.append(f"| {r['run']} | {r['K']} | {r['mode']} | {r['n']} | {r['mmd_over_k']:.4f} | "
-                     f"{r['floor_over_k']:.4f} | {r['oracle_fourier_over_k']:.4f} |")
+                     f"{r['floor_over_k']:.4f} | {'-' if oracle is None else f'{oracle:.4f}'} |")
     write_report(args.output, lines, rows, args.seed, lambda r: r["run"], draw_panel)
 
 

@@ -1,6 +1,7 @@
 """The bench scripts' planning and bookkeeping (the measurements themselves are run by hand)."""
 import json
 
+from bench.resolution import rows_of
 from bench.samplers import configurations, load_earlier, merge
 
 
@@ -33,3 +34,13 @@ def test_rows_of_reports_written_before_rows_had_a_seed_take_the_reports_seed(tm
     path = tmp_path / "samplers.json"
     path.write_text(json.dumps({"seed": 3, "results": [{"checkpoint": "a.pt"}, {"checkpoint": "b.pt", "seed": 5}]}))
     assert [r["seed"] for r in load_earlier(str(path))] == [3, 5]
+
+
+def test_resolution_rows_divide_by_k_and_leave_the_oracle_empty_at_k_1():
+    report = {"model": "cno", "prior": {"name": "lap_conv"}, "results": [
+        {"upscale": 1, "mode": "native", "n": 8, "mmd": 0.1, "floor_real": 0.05},
+        {"upscale": 2, "mode": "native", "n": 8, "mmd": 0.4, "floor_real": 0.1, "oracle_fourier": 0.12}]}
+    rows = list(rows_of(report))
+    assert [(r["run"], r["K"], r["mode"]) for r in rows] == [("cno / lap_conv", 1, "n0"), ("cno / lap_conv", 2, "native")]
+    assert [r["mmd_over_k"] for r in rows] == [0.1, 0.2]
+    assert rows[0]["oracle_fourier_over_k"] is None and rows[1]["oracle_fourier_over_k"] == 0.06
