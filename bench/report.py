@@ -17,10 +17,14 @@ def write_report(output, lines, records, seed, group_key, draw_panel):
     import matplotlib.pyplot as plt
 
     groups = list(dict.fromkeys(group_key(r) for r in records))
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.4), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    n_cols = min(3, len(groups))  # rows of three panels stay readable
+    n_rows = -(-len(groups) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.5 * n_cols, 3.4 * n_rows), squeeze=False)
+    for ax, group in zip(axes.flat, groups):
         draw_panel(ax, [r for r in records if group_key(r) == group])
         ax.legend(fontsize=7)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(base + ".png", dpi=120)
     plt.close(fig)
