@@ -214,7 +214,7 @@ def table_markdown(records, profile, total_seconds):
             lines.append(
                 f"| {model} | {len(runs)} | {mean_sd([column(r, 'n0')['mmd'] for r in runs])} | "
                 f"{mean_sd([column(r, 'resample')['mmd'] for r in runs if column(r, 'resample')])} | "
-                f"{mean_sd(nat)}{'' if len(nat) == len(runs) else f' ({len(nat)} seeds)'} | "
+                f"{mean_sd(nat)}{'' if len(nat) in (1, len(runs)) else f' ({len(nat)} seeds)'} | "
                 f"{mean_sd([column(r, 'n0').get('fd') for r in runs], 2)} | "
                 f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} | "
                 f"{statistics.mean(r['eval_seconds'] for r in runs) / 60:.1f} |")
