@@ -361,6 +361,20 @@ def load_training_data(config):
     return train, val_low, val_high, digits.source
 
 
+def validation_floor(train_images, val_low, seed, draws=4):
+    """Real-vs-real MMD at the validation n: the validation images against `draws` seeded
+    draws of as many training images (mean). A sampler of the data law scores about this.
+
+    With few validation images it varies from seed to seed (each seed has its own split):
+    compare validation curves of one seed with each other, or each with its own floor.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = min(len(val_low), len(train_images))
+    figures = [riesz_mmd(train_images[torch.randperm(len(train_images), generator=generator)[:n]], val_low)
+               for _ in range(draws)]
+    return sum(figures) / draws
+
+
 def prepare_run_folder(config, argv):
     """The run folder; refuses to overwrite a run, or to resume with mismatched flags."""
     ensure_writable_dir(config.out_dir, "--out_dir")
@@ -410,6 +424,7 @@ def train(config, argv=()):
     folder, saved = prepare_run_folder_on_main(config, argv, dist)
     train_images, val_low, val_high, source = load_training_data(config)
     run = Run(config, device, dist)
+    run.val_floor = validation_floor(train_images, val_low, config.seed) if dist.is_main else None
     if saved is not None:
         run.load_state(saved)
         say(dist, f"resuming {folder} after epoch {run.epoch} (step {run.step})")
@@ -417,11 +432,15 @@ def train(config, argv=()):
         write_json({"config": dataclasses.asdict(config), "model_kwargs": run.model_kwargs,
                     "parameters": models.count_parameters(run.model), "data": source,
                     "train_images": len(train_images), "world_size": dist.world,
-                    "global_batch": config.batch_size * dist.world, "versions": versions()},
+                    "global_batch": config.batch_size * dist.world, "val_floor_n0": run.val_floor,
+                    "versions": versions()},
                    os.path.join(folder, "config.json"))
     say(dist, f"{config.model} ({models.count_parameters(run.model):,} parameters), prior "
               f"{config.prior_name}, {len(train_images)} training images, device {device}, "
               f"{dist.world} process(es), global batch {config.batch_size * dist.world}, run {folder}")
+    if dist.is_main:
+        say(dist, f"validation floor at {config.input_height}: {run.val_floor:.4f} (real vs real, "
+                  f"n = {len(val_low)}, mean of 4 draws of training images)")
     while run.epoch < config.n_epochs:
         run_epoch(run, train_images, val_low, val_high, folder)
     say(dist, f"done: {folder} (best MMD at {config.input_height}: {run.best_mmd:.4f})")
@@ -476,8 +495,8 @@ def run_epoch(run, train_images, val_low, val_high, folder):
     if dist.is_main:
         log_row(folder, row)
         atomic_torch_save(run.state(), os.path.join(folder, "last.pt"))
-        mmd_text = (f", MMD {row['mmd_n0']:.4f} @{config.input_height}, {row['mmd_2n0']:.4f} "
-                    f"@{2 * config.input_height}" if row["mmd_n0"] != "" else "")
+        mmd_text = (f", MMD {row['mmd_n0']:.4f} @{config.input_height} (floor {run.val_floor:.4f}), "
+                    f"{row['mmd_2n0']:.4f} @{2 * config.input_height}" if row["mmd_n0"] != "" else "")
         tqdm.write(f"epoch {run.epoch}: loss {loss:.3f}, grad norm {grad_norm:.2f}, "
                    f"{row['seconds']:.1f} s{mmd_text}")
     dist.barrier()

