@@ -304,6 +304,7 @@ def write_val_plot(records, floors, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3.2), squeeze=False)
     seed_colour = {seed: f"C{i}" for i, seed in enumerate(sorted({r["seed"] for r in records}))}
@@ -319,6 +320,7 @@ def write_val_plot(records, floors, path):
                        label=f"floor s{seed}")
         ax.set_title(model)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation MMD at 28")
         ax.set_yscale("log")
         if ax.get_lines():
