@@ -278,11 +278,11 @@ def validation_floors(args, records):
     """
     path = os.path.join(args.results, "runs", f"{args.profile}_val_floors.json")
     floors = json.load(open(path)) if os.path.exists(path) else {}
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
     for record in records:
         key = str(record["seed"])
         if key in floors:
             continue
-        fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
         config = training.TrainConfig(**{k: v for k, v in record["train_config"].items() if k in fields})
         config.data_root = args.data_root
         try:
