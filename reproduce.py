@@ -137,8 +137,22 @@ def evaluate_run(args, settings, model, prior, seed, folder, out_json):
               "eval_seconds": time.time() - started, "data": source, "results": rows,
               "history": [{k: row[k] for k in ("epoch", "loss", "mmd_n0", "mmd_2n0")} for row in state["history"]],
               "classifier_sha256": frechet.file_sha256(critic_path) if critic else None,
-              "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions()}
+              "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions(),
+              "val_floor": recorded_val_floor(run_folder, state["config"])}
     write_json(record, out_json)
+
+
+def recorded_val_floor(run_folder, train_config):
+    """The validation floor main.py computed at the start of the run (config.json's val_floor_n0),
+    as {"mmd", "n", "resolution"}; None for runs trained before main.py recorded it."""
+    try:
+        written = json.load(open(os.path.join(run_folder, "config.json")))
+    except (OSError, ValueError):
+        return None
+    if written.get("val_floor_n0") is None:
+        return None
+    n = min(train_config["num_samples_mmd"], written["train_images"])  # as main.validation_floor
+    return {"mmd": written["val_floor_n0"], "n": n, "resolution": train_config["input_height"]}
 
 
 def finished_records(results_dir, profile):
@@ -273,8 +287,9 @@ def validation_floors(args, records):
     """{seed: validation floor} for the seeds in `records` (main.validation_floor: the real-vs-real
     MMD at the validation n, for that seed's split), cached in results/runs/PROFILE_val_floors.json.
 
-    A missing entry is computed from --data_root; it is left out (with a note) where that data
-    is not the data the runs used, e.g. a summary rebuilt on a machine without MNIST.
+    A missing entry is taken from a record of that seed (the floor main.py computed when it
+    trained the run), else computed from --data_root; it is left out (with a note) where that
+    data is not the data the runs used, e.g. a summary rebuilt on a machine without MNIST.
     """
     path = os.path.join(args.results, "runs", f"{args.profile}_val_floors.json")
     floors = json.load(open(path)) if os.path.exists(path) else {}
@@ -282,6 +297,10 @@ def validation_floors(args, records):
     for record in records:
         key = str(record["seed"])
         if key in floors:
+            continue
+        if record.get("val_floor"):
+            floors[key] = record["val_floor"]
+            write_json(floors, path)
             continue
         config = training.TrainConfig(**{k: v for k, v in record["train_config"].items() if k in fields})
         config.data_root = args.data_root

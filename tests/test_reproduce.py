@@ -58,6 +58,9 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert "real-vs-real 28" in table and "oracle" in table
     floors = json.load(open(results / "runs" / "tiny_val_floors.json"))
     assert set(floors) == {"0", "1"} and all(f["n"] == 8 and f["mmd"] > 0 for f in floors.values())
+    for seed in (0, 1):  # the floor main.py computed while training, not a second computation
+        written = json.load(open(tmp_path / "runs" / "tiny" / f"unet_standard_s{seed}" / "config.json"))
+        assert floors[str(seed)]["mmd"] == written["val_floor_n0"]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was trained, evaluated or its floor recomputed again")
@@ -93,3 +96,21 @@ def test_the_per_run_records_under_results_are_not_git_ignored():
     assert check.returncode == 1, "results/runs/ records are git-ignored"
     ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/reproduce/cpu/x/last.pt"], cwd=root)
     assert ignored.returncode == 0, "checkpoints under runs/ should stay ignored"
+
+
+def test_validation_floors_come_from_the_records_else_from_the_data(tmp_path, monkeypatch):
+    import torch
+
+    def fake_data(config):
+        generator = torch.Generator().manual_seed(config.seed)
+        images = torch.rand(40, 1, 8, 8, generator=generator)
+        return images[:32], images[32:], None, "torchvision MNIST under x"
+    monkeypatch.setattr(reproduce.training, "load_training_data", fake_data)
+    args = reproduce.build_parser().parse_args(["--profile", "cpu", "--results", str(tmp_path), "--data_root", "x"])
+    (tmp_path / "runs").mkdir()
+    recorded = {"seed": 0, "val_floor": {"mmd": 0.5, "n": 8, "resolution": 8}}
+    older = {"seed": 1, "data": "torchvision MNIST under y", "train_config": {"seed": 1}}  # no val_floor
+    floors = reproduce.validation_floors(args, [recorded, older])
+    expected = reproduce.training.validation_floor(*fake_data(reproduce.training.TrainConfig(seed=1))[:2], 1)
+    assert floors == {0: 0.5, 1: pytest.approx(expected)}
+    assert json.load(open(tmp_path / "runs" / "cpu_val_floors.json"))["1"]["n"] == 8
