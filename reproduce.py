@@ -181,7 +181,7 @@ def mean_sd(values, digits=4):
 def write_runs_csv(records, path):
     fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
               "mmd_56_resample", "n_56_resample", "mmd_56_native", "n_56_native", "floor_28",
-              "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28", "fd_floor_28", "digits_28"]
+              "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28", "fd_floor_28", "digits_28", "host"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -198,7 +198,13 @@ def write_runs_csv(records, path):
                 "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else "",
                 "fd_28": f"{low['fd']:.3f}" if "fd" in low else "",
                 "fd_floor_28": f"{low['fd_floor']:.3f}" if "fd" in low else "",
-                "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else ""})
+                "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else "",
+                "host": hardware(r)})
+
+
+def hardware(record):
+    info = record["versions"]
+    return f"{info['platform']}, torch threads {info['cpu_threads']}, GPU: {info['cuda'] or 'none'}"
 
 
 def table_markdown(records, profile, total_seconds):
@@ -208,10 +214,14 @@ def table_markdown(records, profile, total_seconds):
              f"MMD: Riesz kernel, V-statistic, against MNIST test images; mean +- sd over training "
              f"seeds; n samples per column as stated. Runs finished: {len(records)}; total wall time "
              f"{total_seconds / 3600:.2f} h (training + evaluation).", ""]
-    if records:
-        info = records[0]["versions"]
-        lines += [f"Hardware: {info['platform']}, torch threads {info['cpu_threads']}, "
-                  f"GPU: {info['cuda'] or 'none'}; torch {info['torch']}; data: {records[0]['data']}.", ""]
+    if records:  # runs resumed on another machine record it; minutes are comparable only within one
+        hosts = {}
+        for r in records:
+            hosts.setdefault(hardware(r), []).append(run_name(r["model"], r["prior"], r["seed"]))
+        for host, names in hosts.items():
+            which = "all runs" if len(hosts) == 1 else f"{len(names)} run{'s' if len(names) > 1 else ''} ({', '.join(sorted(names))})"
+            lines.append(f"Hardware, {which}: {host}.")
+        lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", ""]
     priors = [p for p in FULL_PRIORS if any(r["prior"] == p for r in records)]
     for prior in priors:
         group = [r for r in records if r["prior"] == prior]

@@ -56,6 +56,7 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     table = (results / "table.md").read_text()
     assert "Prior `standard`" in table and "n=10" in table and "n=6" in table and "+-" in table
     assert "real-vs-real 28" in table and "oracle" in table
+    assert "Hardware, all runs: " in table and all(r["host"] for r in rows)
     floors = json.load(open(results / "runs" / "tiny_val_floors.json"))
     assert set(floors) == {"0", "1"} and all(f["n"] == 8 and f["mmd"] > 0 for f in floors.values())
     for seed in (0, 1):  # the floor main.py computed while training, not a second computation
@@ -67,8 +68,15 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     for name in ("train_run", "evaluate_run"):
         monkeypatch.setattr(reproduce, name, must_not_run)
     monkeypatch.setattr(reproduce.training, "load_training_data", must_not_run)
+    moved = results / "runs" / "tiny" / "cno_standard_s1.json"  # as if this run had finished elsewhere
+    record = json.load(open(moved))
+    record["versions"]["platform"] = "another-machine"
+    moved.write_text(json.dumps(record))
     assert call(argv) == 0  # everything finished: only the summary is rebuilt
     assert len(list(csv.DictReader(open(results / "runs.csv")))) == 4
+    table = (results / "table.md").read_text()
+    assert "Hardware, 1 run (cno_standard_s1): another-machine," in table
+    assert "Hardware, 3 runs (cno_standard_s0, unet_standard_s0, unet_standard_s1): " in table
 
 
 
