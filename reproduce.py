@@ -151,8 +151,8 @@ def recorded_val_floor(run_folder, train_config):
         return None
     if written.get("val_floor_n0") is None:
         return None
-    n = min(train_config["num_samples_mmd"], written["train_images"])  # as main.validation_floor
-    return {"mmd": written["val_floor_n0"], "n": n, "resolution": train_config["input_height"]}
+    return {"mmd": written["val_floor_n0"], "n": train_config["num_samples_mmd"],  # the validation n, as below
+            "resolution": train_config["input_height"]}
 
 
 def finished_records(results_dir, profile):
