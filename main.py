@@ -51,7 +51,8 @@ class TrainConfig:
                                  "'zero' (the reference's unnoised mean)", choices=["finite", "zero"])
     matern_s: float = _opt(0.75, "exponent s of the matern prior A = (c - Lap)^(-s); s > 1/2")
     matern_c: float = _opt(4 * math.pi**2, "shift c > 0 of the matern prior")
-    prior_seed: int = _opt(None, "seed of the fno prior's random multipliers (default: --seed)")
+    prior_seed: int = _opt(0, "seed of the random multipliers of the fno and combined_conv priors: fixed "
+                              "(not --seed), so runs with different --seed share one prior (DESIGN.md 3)")
     seed: int = _opt(0, "one seed for the data split, prior weights, model init, training noise "
                         "and validation sampling")
     subset: int = _opt(0, "1: train on the reference's reduced set (5,000 train + 1,000 "
@@ -156,7 +157,7 @@ def validate(config):
 
 def prior_options(config):
     """Constructor options of the chosen prior, from the flags."""
-    seed = config.seed if config.prior_seed is None else config.prior_seed
+    seed = config.seed if config.prior_seed is None else config.prior_seed  # None: checkpoints from before the fixed default
     return {
         "standard": {},
         "lap_conv": {"laplacian": config.laplacian, "dc": config.lap_dc},
@@ -207,6 +208,7 @@ class Run:
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
         self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
         self.epoch, self.step, self.best_mmd, self.history = 0, 0, math.inf, []
+        self.data_source, self.train_images = None, None  # where the training images came from, how many
 
     @property
     def sampling_model(self):
@@ -222,6 +224,8 @@ class Run:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "prior_config": self.prior.config(),
+            "data_source": self.data_source,
+            "train_images": self.train_images,
             "prior": self.prior.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -357,7 +361,7 @@ def load_training_data(config):
     val_idx = val_idx[:config.num_samples_mmd]
     n0 = config.input_height
     train = data.training_images(digits.images[train_idx], n0)
-    val_low, val_high = data.evaluation_images(digits.images[val_idx], n0, 2)
+    val_low, val_high = data.evaluation_images(digits.images[val_idx], n0, 2 * n0)
     return train, val_low, val_high, digits.source
 
 
@@ -395,6 +399,18 @@ def prepare_run_folder(config, argv):
     return folder
 
 
+def check_same_data(state, source, train_images, folder):
+    """A resumed run must go on with the training images it started with (same kind of source,
+    full MNIST or the fallback sample, and as many images); checkpoints older than this check
+    carry no record and are not checked."""
+    if state.get("data_source") is None:
+        return
+    same_kind = state["data_source"].split()[0] == source.split()[0]
+    if not same_kind or state.get("train_images") != train_images:
+        raise UserError(f"{folder} was trained on {state['data_source']} ({state.get('train_images')} images); "
+                        f"--data_root now gives {source} ({train_images} images): resume with the same data")
+
+
 def check_resume_flags(config, saved, given):
     """Flags given now must match the checkpoint, except those that may change on resume."""
     for name, value in saved.items():
@@ -423,7 +439,10 @@ def train(config, argv=()):
     dist.start(device)
     folder, saved = prepare_run_folder_on_main(config, argv, dist)
     train_images, val_low, val_high, source = load_training_data(config)
+    if saved is not None:
+        check_same_data(saved, source, len(train_images), folder)
     run = Run(config, device, dist)
+    run.data_source, run.train_images = source, len(train_images)
     run.val_floor = validation_floor(train_images, val_low, config.seed) if dist.is_main else None
     if saved is not None:
         run.load_state(saved)

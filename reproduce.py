@@ -28,10 +28,13 @@ import torch
 import frechet
 import main as training
 import test as evaluation
-from utils import UserError, load_checkpoint, run_main, save_grid, timestamp, versions, write_json
+from utils import (UserError, load_checkpoint, run_main, save_side_by_side, timestamp, versions,
+                   write_json)
 
 BASE_PRIORS = ["standard", "lap_conv"]
-FULL_PRIORS = BASE_PRIORS + ["combined_conv", "fno", "matern"]
+# a table prior name -> main.py flags; names not listed are --prior_name itself
+PRIOR_FLAGS = {"lap_spectral": {"prior_name": "lap_conv", "laplacian": "spectral"}}
+FULL_PRIORS = BASE_PRIORS + ["lap_spectral", "combined_conv", "fno", "matern"]
 MODELS = ["unet", "fno", "cno"]
 
 # Chosen from short measured runs (README, "How the CPU profile was chosen"): per model the size whose training
@@ -66,10 +69,12 @@ def build_parser():
     parser.add_argument("--profile", default="cpu", choices=list(PROFILES),
                         help="'cpu': small models sized for a 2-core CPU; 'paper': reference sizes")
     parser.add_argument("--full", action="store_true",
-                        help="also the priors combined_conv, fno and matern (trace class)")
+                        help="also the priors lap_spectral (lap_conv with --laplacian spectral), "
+                             "combined_conv, fno and matern (trace class)")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="models to run")
     parser.add_argument("--priors", nargs="+", default=None, choices=FULL_PRIORS,
-                        help="priors to run (default: standard lap_conv, or all five with --full)")
+                        help="priors to run (default: standard lap_conv, or all six with --full); "
+                             "lap_spectral is lap_conv with the exactly consistent --laplacian spectral")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--data_root", default="./data", help="MNIST root (torchvision layout)")
     parser.add_argument("--runs_dir", default="runs/reproduce", help="checkpoints and logs (not committed)")
@@ -80,6 +85,10 @@ def build_parser():
                              "cpu: seed 0, paper: all)")
     parser.add_argument("--commit", action="store_true", help="git-commit results/ after each finished run")
     parser.add_argument("--summary_only", action="store_true", help="only rebuild the summary")
+    parser.add_argument("--train_only", action="store_true",
+                        help="only make sure every selected run has its trained checkpoint (runs whose "
+                             "record exists but whose checkpoint is gone are trained again, with the "
+                             "same seed); no evaluation, no summary")
     parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
     return parser
 
@@ -91,8 +100,8 @@ def run_name(model, prior, seed):
 def train_run(args, settings, model, prior, seed, folder):
     """Train (or resume, or skip) one run; returns the training config used."""
     name = run_name(model, prior, seed)
-    options = {**settings["train"], **settings["models"][model]}
-    config = training.TrainConfig(model=model, prior_name=prior, seed=seed, data_root=args.data_root,
+    options = {"prior_name": prior, **PRIOR_FLAGS.get(prior, {}), **settings["train"], **settings["models"][model]}
+    config = training.TrainConfig(model=model, seed=seed, data_root=args.data_root,
                                   out_dir=folder, save_model=name, device=args.device,
                                   progress=args.progress, **options)
     last = os.path.join(folder, name, "last.pt")
@@ -111,13 +120,15 @@ def train_run(args, settings, model, prior, seed, folder):
 
 
 def evaluate_run(args, settings, model, prior, seed, folder, out_json):
-    """Evaluate the last checkpoint of a run (EMA weights) at 28, 56 resample and 56 native."""
+    """Evaluate the last checkpoint of a run (EMA weights) at 28 and at 56 in resample and native-bl
+    mode (and the raw native ablation for the profile's native seeds), Euler-Maruyama 200 steps."""
     name = run_name(model, prior, seed)
     run_folder = os.path.join(folder, name)
     native_seeds = args.native_seeds if args.native_seeds is not None else settings["eval"]["native_seeds"]
     native = native_seeds is None or seed in native_seeds
     flags = ["--save_model", run_folder, "--checkpoint", "last", "--upscale", "2",
-             "--sample_mode", "both" if native else "resample", "--seed", str(seed),
+             "--sample_mode", "resample", "native-bl", *(["native"] if native else []), "--seed", str(seed),
+             "--sampler", "em", "--num_steps", "200",
              "--data_root", args.data_root, "--device", args.device, "--progress", str(args.progress),
              "--results_dir", os.path.join(run_folder, "eval"),
              "--num_samples_mmd", str(settings["eval"]["num_samples_mmd"]),
@@ -180,18 +191,22 @@ def mean_sd(values, digits=4):
 
 def write_runs_csv(records, path):
     fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
-              "mmd_56_resample", "n_56_resample", "mmd_56_native", "n_56_native", "floor_28",
+              "mmd_56_resample", "n_56_resample", "mmd_56_native_bl", "n_56_native_bl", "mmd_56_native",
+              "n_56_native", "floor_28",
               "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28", "fd_floor_28", "digits_28", "host"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in records:
             low, res, nat = column(r, "n0"), column(r, "resample"), column(r, "native")
+            band_limited = column(r, "native-bl")
             writer.writerow({
                 "model": r["model"], "prior": r["prior"], "seed": r["seed"], "epochs": r["epochs"],
                 "train_minutes": f"{r['train_seconds'] / 60:.1f}", "eval_minutes": f"{r['eval_seconds'] / 60:.1f}",
                 "mmd_28": f"{low['mmd']:.5f}", "n_28": low["n"],
                 "mmd_56_resample": f"{res['mmd']:.5f}" if res else "", "n_56_resample": res["n"] if res else "",
+                "mmd_56_native_bl": f"{band_limited['mmd']:.5f}" if band_limited else "",
+                "n_56_native_bl": band_limited["n"] if band_limited else "",
                 "mmd_56_native": f"{nat['mmd']:.5f}" if nat else "", "n_56_native": nat["n"] if nat else "",
                 "floor_28": f"{low['floor_real']:.5f}", "floor_56": f"{res['floor_real']:.5f}" if res else "",
                 "oracle_56_fourier": f"{res['oracle_fourier']:.5f}" if res else "",
@@ -228,23 +243,31 @@ def table_markdown(records, profile, total_seconds):
         n28 = group[0]["results"][0]["n"]
         res_n = next((column(r, "resample")["n"] for r in group if column(r, "resample")), "-")
         nat_n = next((column(r, "native")["n"] for r in group if column(r, "native")), "-")
+        bl_n = next((column(r, "native-bl")["n"] for r in group if column(r, "native-bl")), "-")
         lines += [f"## Prior `{prior}`", "",
-                  f"| model | seeds | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native (n={nat_n}) "
-                  f"| FD 28 | train min / run | eval min / run |", "|---|---|---|---|---|---|---|---|"]
+                  f"| model | seeds | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native-bl (n={bl_n}) "
+                  f"| MMD 56 native, ablation (n={nat_n}) | FD 28 | train min / run | eval min / run |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for model in MODELS:
             runs = [r for r in group if r["model"] == model]
             if not runs:
                 continue
             nat = [column(r, "native")["mmd"] for r in runs if column(r, "native")]
+            band_limited = [column(r, "native-bl")["mmd"] for r in runs if column(r, "native-bl")]
             lines.append(
                 f"| {model} | {len(runs)} | {mean_sd([column(r, 'n0')['mmd'] for r in runs])} | "
                 f"{mean_sd([column(r, 'resample')['mmd'] for r in runs if column(r, 'resample')])} | "
-                f"{mean_sd(nat)}{'' if len(nat) in (1, len(runs)) else f' ({len(nat)} seeds)'} | "
+                f"{mean_sd(band_limited)}{seeds_note(band_limited, runs)} | {mean_sd(nat)}{seeds_note(nat, runs)} | "
                 f"{mean_sd([column(r, 'n0').get('fd') for r in runs], 2)} | "
                 f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} | "
                 f"{statistics.mean(r['eval_seconds'] for r in runs) / 60:.1f} |")
         lines += ["", floors_line(group), ""]
     return "\n".join(lines) + "\n"
+
+
+def seeds_note(values, runs):
+    """' (k seeds)' where a column has figures for only some of a cell's runs (but more than one)."""
+    return "" if len(values) in (1, len(runs)) else f" ({len(values)} seeds)"
 
 
 def floors_line(group):
@@ -271,26 +294,16 @@ def floors_line(group):
 
 
 def write_sample_grids(args, records, profile):
-    """results/samples_MODEL_PRIOR.png: 28 (nearest-upscaled) | 56 resample | 56 native, seed 0."""
-    from PIL import Image
-
+    """results/samples_MODEL_PRIOR.png: 28 | 56 resample | 56 native-bl | 56 native, seed 0 (the panels
+    that exist; each scaled to one height with nearest neighbours)."""
     for r in records:
         if r["seed"] != min(x["seed"] for x in records if x["model"] == r["model"] and x["prior"] == r["prior"]):
             continue
         folder = os.path.join(args.runs_dir, profile, run_name(r["model"], r["prior"], r["seed"]), "eval")
-        names = ["samples_28_native.png", "samples_56_resample.png", "samples_56_native.png"]
-        panels = [Image.open(os.path.join(folder, n)).convert("L") for n in names
-                  if os.path.exists(os.path.join(folder, n))]
-        if not panels:
-            continue
-        height = max(p.height for p in panels)
-        panels = [p.resize((p.width * height // p.height, height), Image.NEAREST) for p in panels]
-        canvas = Image.new("L", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), 255)
-        x = 0
-        for p in panels:
-            canvas.paste(p, (x, 0))
-            x += p.width + 8
-        canvas.save(os.path.join(args.results, f"samples_{r['model']}_{r['prior']}.png"))
+        names = ["samples_28_native.png", "samples_56_resample.png", "samples_56_native-bl.png",
+                 "samples_56_native.png"]
+        save_side_by_side([os.path.join(folder, n) for n in names],
+                          os.path.join(args.results, f"samples_{r['model']}_{r['prior']}.png"))
 
 
 def validation_floors(args, records):
@@ -390,6 +403,13 @@ def main(argv=None):
             os.makedirs(path, exist_ok=True)
         except OSError as error:
             raise UserError(f"{flag} {path}: cannot create folder ({error.strerror})")
+    if args.train_only:
+        for seed in args.seeds:
+            for prior in priors:
+                for model in args.models:
+                    train_run(args, settings, model, prior, seed, folder)
+        print(f"[reproduce] every selected run is trained, under {folder}")
+        return
     if not args.summary_only:
         for seed in args.seeds:  # seed-major: a partial table has every cell early
             for prior in priors:

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from resample import resample, truncate_noise
+from priors.base import PerSampleGenerator
+from resample import fourier_resample, resample, truncate_noise
 
 B_MIN, B_MAX = 0.1, 20.0
 T_EPS = 1e-5  # smallest training time: s(t) ~ sqrt(b_min t) stays away from 0
@@ -257,11 +258,6 @@ def score_evaluations(sampler, num_steps, tweedie):
     return 2 * num_steps - 1 if tweedie else 2 * num_steps - 2
 
 
-def batch_generator(seed, batch_index):
-    """The CPU generator of one sampling batch: a fixed function of (seed, batch index)."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(batch_index))
-
-
 CPU_PIXELS_PER_BATCH = 64 * 28 * 28  # a batch this size of activations stays in cache
 GPU_MAX_BATCH = 1000
 
@@ -274,30 +270,111 @@ def auto_batch_size(n, device):
     return max(1, CPU_PIXELS_PER_BATCH // (n * n))
 
 
+class Blockwise(nn.Module):
+    """`net` evaluated on consecutive blocks of BLOCK samples (the last one padded with copies of
+    its last sample), for sampling on a CPU.
+
+    BLAS and oneDNN choose other kernels, with other rounding, for other numbers of rows (seen on
+    this project's CPU: a batch of 1 in the convolutions, 5 or 9 in the FNO's spectral product,
+    and row counts that do not fill a 1x1 convolution's tiles with one thread). `generate` makes
+    every sampling batch a multiple of BLOCK, so a sample always meets the same block of
+    neighbours and the same arithmetic: a call gives bitwise the same samples for any
+    --batch_size (tested). On this project's CPU blocks of 16 cost no more than one call on 64.
+    """
+
+    BLOCK = 16
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, y, t):
+        outputs = []
+        for start in range(0, y.shape[0], self.BLOCK):
+            y_block, t_block = y[start:start + self.BLOCK], t[start:start + self.BLOCK]
+            count, extra = y_block.shape[0], self.BLOCK - y_block.shape[0]
+            if extra:
+                y_block = torch.cat([y_block, y_block[-1:].expand(extra, *y_block.shape[1:])])
+                t_block = torch.cat([t_block, t_block[-1:].expand(extra)])
+            outputs.append(self.net(y_block, t_block)[:count])
+        return torch.cat(outputs)
+
+
+class BandLimitedScore(nn.Module):
+    """The score on a finer N-grid of a network trained at n0, built from its denoiser.
+
+    D_N(y, t) = U_N D_n0(P_n0 y, t): P_n0 the Fourier truncation to the n0 grid, with the
+    Nyquist pair folded at gain 1/sqrt(2) (`truncate_noise`), so the network sees noise of
+    exactly the law it was trained on; D_n0 Tweedie's denoiser of `score_net` at n0; U_N the
+    exact band-limited interpolation to N (`fourier_resample`). For any prior Q (Tweedie):
+        a_N(y, t) = g Q grad log p_t(y) = g (m D_N(y, t) - y) / s^2.
+    Data that carry nothing above the n0 band have a denoiser with nothing there either, so
+    this drift removes the high band while the low band evolves exactly as at n0.
+    On the n0 grid itself it is `score_net`.
+    """
+
+    def __init__(self, score_net, n0):
+        super().__init__()
+        self.score_net, self.n0 = score_net, int(n0)
+
+    def denoise(self, y, t):
+        """D_N(y, t) = U_N D_n0(P_n0 y, t)."""
+        coarse = truncate_noise(y, self.n0)
+        return fourier_resample(tweedie_denoise(self.score_net, coarse, t), tuple(y.shape[-2:]))
+
+    def forward(self, y, t):
+        if tuple(y.shape[-2:]) == (self.n0, self.n0):
+            return self.score_net(y, t)
+        m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
+        return g * (m * self.denoise(y, t) - y) / s**2
+
+
+# 'native-bl': the reverse SDE on the fine grid with the band-limited score above;
+# 'resample': noise drawn on the fine grid, truncated to n0, the SDE at n0, the result interpolated up;
+# 'native': the network run on the fine grid as it is (the ablation: it has never seen the
+# modes above the n0 band, and what it answers there stays in the sample)
+SAMPLE_MODES = ("native-bl", "resample", "native")
+
+
+def ends_with_denoiser(tweedie, grid, n0):
+    """On a grid finer than n0 every sampler ends with the denoiser: a last Euler-Maruyama step
+    would leave fine-grid noise that the resample protocol does not have."""
+    return bool(tweedie) or grid > n0
+
+
 def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0,
              batch_size=None, num_steps=200, device=None, interp="fourier", desc=None,
-             show_progress=True, shard=(0, 1), sampler="em", tweedie=False):
-    """num_samples images at resolution upscale * n0, in batches, on `device`.
+             show_progress=True, shard=(0, 1), sampler="em", tweedie=False, resolution=None):
+    """num_samples images on the N-grid, N = resolution or upscale * n0 (any N >= n0), on `device`.
 
-    mode 'native':   run the reverse SDE on the (upscale n0)-grid, noise drawn there.
-    mode 'resample': draw the noise on the (upscale n0)-grid, Fourier-truncate it to n0,
-                     run the reverse SDE at n0, interpolate the result to upscale n0
-                     with `interp` ('fourier' or 'bicubic'), clamp to [0, 1].
+    mode (see SAMPLE_MODES): 'native-bl', 'resample' (with `interp`, 'fourier' or 'bicubic',
+    then clamped) or 'native'; all three are the same at N = n0.
     sampler: 'em' (Euler-Maruyama on the reverse SDE), 'heun' (probability-flow ODE) or
     'ancestral' (Gaussian bridge steps with the denoiser, on the sigma grid);
-    tweedie: finish with the denoiser E[X_0 | X_t] (see `euler_maruyama`, `heun_ode`).
-    Batch b uses the generator `batch_generator(seed, b)`, so a result depends on
-    (seed, batch_size) only. batch_size None: `auto_batch_size` of the grid the SDE runs
-    on. Returns a CPU float32 tensor. shard=(rank, world): only the batches b with
-    b % world == rank (their concatenation, in order); `interleave_shards` rebuilds the whole.
+    tweedie: finish with the denoiser E[X_0 | X_t] (see `euler_maruyama`, `heun_ode`); forced
+    on when the sampler runs on a grid finer than n0 (`ends_with_denoiser`).
+    Sample i draws its noise from its own generator, seeded by (seed, i) (`PerSampleGenerator`),
+    so it is the same whatever the batch size, shard or device; on a CPU the network runs on
+    blocks of 16 samples and the batch size is rounded up to a multiple of 16 (`Blockwise`), so
+    samples are bitwise the same for any batch size. batch_size None:
+    `auto_batch_size` of the grid the sampler runs on. Returns a CPU float32 tensor.
+    shard=(rank, world): only the batches b with b % world == rank (their concatenation, in
+    order); `interleave_shards` rebuilds the whole.
     """
-    if mode not in ("native", "resample"):
-        raise ValueError(f"unknown sample mode {mode!r}: expected 'native' or 'resample'")
+    if mode not in SAMPLE_MODES:
+        raise ValueError(f"unknown sample mode {mode!r}: expected one of {', '.join(SAMPLE_MODES)}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {list(SAMPLERS)}")
-    n = upscale * n0
-    grid = n if mode == "native" else n0
+    n = int(resolution or upscale * n0)
+    if n < n0:
+        raise ValueError(f"the output grid {n} is coarser than the training grid {n0}")
+    grid = n0 if mode == "resample" else n
+    tweedie = ends_with_denoiser(tweedie, grid, n0)
+    net = BandLimitedScore(score_net, n0) if mode == "native-bl" else score_net
     batch_size = batch_size or auto_batch_size(grid, device)
+    if torch.device(device or "cpu").type == "cpu":
+        net = Blockwise(net)
+        batch_size = Blockwise.BLOCK * math.ceil(batch_size / Blockwise.BLOCK)
     was_training = score_net.training
     score_net.eval()
     rank, world = shard
@@ -307,9 +384,11 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     with tqdm(total=len(mine) * steps_per_batch, desc=desc or f"sampling {mode} {n}x{n}",
               unit="step", disable=not show_progress, leave=False) as bar:
         for b in mine:
-            size = min(batch_size, num_samples - b * batch_size)
-            y = SAMPLERS[sampler](score_net, prior, (size, 1, grid, grid), num_steps, batch_generator(seed, b),
-                                  device, noise_grid=n, progress=bar, tweedie=tweedie)
+            first = b * batch_size
+            size = min(batch_size, num_samples - first)
+            noise = PerSampleGenerator(seed, first, size)
+            y = SAMPLERS[sampler](net, prior, (size, 1, grid, grid), num_steps, noise, device,
+                                  noise_grid=n, progress=bar, tweedie=tweedie)
             if grid != n:
                 y = resample(y, n, interp).clamp(0, 1)
             out.append(y.float().cpu())

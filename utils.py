@@ -224,3 +224,22 @@ def save_grid(images, path, nrow=None):
 
     nrow = nrow or max(1, int(len(images) ** 0.5))
     save_image(images.clamp(0, 1).float().cpu(), path, nrow=nrow, padding=2, pad_value=0.5)
+
+
+def save_side_by_side(paths, out_path, gap=8):
+    """The PNG grids at `paths` that exist, side by side at one height (nearest-neighbour scaling, so a
+    28 grid and a 56 grid show the same digits at the same size); nothing is written if none exists."""
+    from PIL import Image
+
+    panels = [Image.open(p).convert("L") for p in paths if os.path.exists(p)]
+    if not panels:
+        return False
+    height = max(p.height for p in panels)
+    panels = [p.resize((p.width * height // p.height, height), Image.NEAREST) for p in panels]
+    canvas = Image.new("L", (sum(p.width for p in panels) + gap * (len(panels) - 1), height), 255)
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + gap
+    canvas.save(out_path)
+    return True

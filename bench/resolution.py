@@ -1,13 +1,17 @@
-"""Resolution study: MMD / K against K = 1..4, native and resample, beside the upsample oracles.
+"""Resolution study: MMD * n0 / N on N-grids finer than the training grid, every sample mode.
 
-    python bench/resolution.py --checkpoints runs/reproduce/cpu/unet_standard_s0/last.pt \
-        --data_root ~/mnist --num_samples 250
+    python bench/resolution.py --checkpoints runs/reproduce/cpu/cno_standard_s0/last.pt \
+        --data_root ~/mnist --resolutions 56 84 112 --sampler ancestral --num_steps 50
 
-Runs `test.py --upscale 1 2 3 4 --sample_mode both` on each checkpoint (its JSON and grids
-stay in --work_dir) and writes results/resolution.md, .json and .png. The Riesz MMD of
-the same images grows like K (DESIGN.md section 5), so figures are divided by K. Every row
-uses the same n (the V-statistic's bias depends on n), so the curves compare like with like.
-An evaluation folder that already holds a results.json is reused as it is.
+For each checkpoint, `test.py` runs with --sample_mode all (native-bl, resample, native) and
+--resample_noise fine, so resample and native-bl draw the same noise: grids N <= 2 n0 with
+--num_samples images, finer grids with --num_samples_fine (native sampling there costs
+(N/n0)^2 a sample). Each call also scores n0 at its n. Evaluations stay in --work_dir (one
+folder per checkpoint and sample count, reused when its results.json exists); the study is
+written to results/resolution.md, .json, .png (MMD * n0 / N against N, with the Fourier
+oracle and the real-vs-real floor at the same n) and, per checkpoint, one PNG of the same
+seeds, results/resolution_grids_RUN.png: 28 | resample 56 | native-bl 56 | native 56. The Riesz MMD of the same images grows
+like N (DESIGN.md section 5), so rows at different N are compared through MMD * n0 / N.
 """
 import argparse
 import json
@@ -19,85 +23,144 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.report import write_report  # noqa: E402
-from utils import versions  # noqa: E402
+from utils import run_main, save_side_by_side, versions  # noqa: E402
+
+MODES = ("resample-fourier", "native-bl", "native")
 
 
-def evaluate(args, path, index):
-    folder = os.path.join(args.work_dir, f"{index}_{os.path.basename(os.path.dirname(os.path.abspath(path)))}")
+def run_label(path):
+    """The run folder's name of a checkpoint path (e.g. cno_standard_s0)."""
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+def evaluate(args, path, resolutions, count):
+    """test.py on `path` at these resolutions with `count` samples a row (kept and reused)."""
+    folder = os.path.join(args.work_dir, f"{run_label(path)}_n{count}_{args.sampler}{args.num_steps}")
     report = os.path.join(folder, "results.json")
-    if not os.path.exists(report):  # finished evaluations are kept and reused
-        evaluation.main(["--save_model", path, "--upscale", *map(str, args.upscales), "--sample_mode", "both",
-                         "--num_samples_mmd", str(args.num_samples), "--seed", str(args.seed),
-                         "--data_root", args.data_root, "--device", args.device,
-                         "--results_dir", folder, "--resample_noise", "n0", "--classifier", "none",
-                         "--sampler", args.sampler, "--num_steps", str(args.num_steps),
-                         "--progress", str(args.progress)])
-    return json.load(open(report))
+    done = json.load(open(report)) if os.path.exists(report) else None
+    if done is None or not set(resolutions) <= {r["resolution"] for r in done["results"]}:
+        if done is not None:  # asked for more grids than it holds: evaluate again, beside it
+            folder += "_" + "-".join(map(str, resolutions))
+            report = os.path.join(folder, "results.json")
+        if not os.path.exists(report):
+            evaluation.main(["--save_model", path, "--checkpoint", "last", "--resolution", *map(str, resolutions),
+                             "--sample_mode", *args.modes, "--num_samples_mmd", str(count),
+                             "--seed", str(args.seed), "--device", args.device, "--results_dir", folder,
+                             "--resample_noise", "fine", "--sampler", args.sampler, "--num_steps",
+                             str(args.num_steps), "--progress", str(args.progress),
+                             *(["--data_root", args.data_root] if args.data_root else [])])
+        done = json.load(open(report))
+    return done, folder
 
 
-def rows_of(report):
-    name = f"{report['model']} / {report['prior']['name']}"
+def rows_of(report, wanted=None):
+    """Study rows from one test.py report (the n0 row and the rows of the `wanted` grids)."""
+    name = f"{report['model']} / {prior_label(report['prior'])}"
+    n0 = report["train_config"]["input_height"] if "train_config" in report else report["results"][0]["resolution"]
     for r in report["results"]:
-        k = r["upscale"]
-        oracle = r.get("oracle_fourier")  # none at K = 1: nothing is upsampled
-        yield {"run": name, "K": k, "mode": "n0" if k == 1 else r["mode"], "n": r["n"], "mmd_over_k": r["mmd"] / k,
-               "floor_over_k": r["floor_real"] / k,
-               "oracle_fourier_over_k": None if oracle is None else oracle / k}
+        resolution = r["resolution"]
+        if wanted is not None and resolution != n0 and resolution not in wanted:
+            continue
+        scale = n0 / resolution
+        oracle = r.get("oracle_fourier")  # none at n0: nothing is upsampled
+        yield {"run": name, "N": resolution, "mode": r["mode"], "n": r["n"], "mmd": r["mmd"],
+               "mmd_scaled": r["mmd"] * scale, "floor_scaled": r["floor_real"] * scale,
+               "oracle_scaled": None if oracle is None else oracle * scale,
+               "digits": r.get("class_histogram")}
 
 
-def write_outputs(args, rows):
-    lines = ["# Resolution study: MMD / K at K x 28", "", f"Command: `python bench/resolution.py "
-             f"{' '.join(sys.argv[1:])}`; sampler {args.sampler}, {args.num_steps} steps; seed {args.seed}; "
-             f"device {args.device}, torch {versions()['torch']}. "
-             f"Resample rows reuse "
-             f"the n0 samples (`--resample_noise n0`).", "",
-             "| model / prior | K | mode | n | MMD / K | real-vs-real / K | oracle Fourier / K |", "|---|---|---|---|---|---|---|"]
+def prior_label(prior):
+    """'lap_conv (spectral)' for the exactly consistent Laplacian, else the prior's name."""
+    if prior["name"] in ("lap_conv", "combined_conv") and prior.get("laplacian") == "spectral":
+        return f"{prior['name']} (spectral)"
+    return prior["name"]
+
+
+def ratio_to_resample(rows):
+    """{(run, N, n): native-bl / resample} for the rows that have both."""
+    by_key = {(r["run"], r["N"], r["n"], r["mode"]): r["mmd"] for r in rows}
+    return {(run, N, n): mmd / by_key[(run, N, n, "resample-fourier")]
+            for (run, N, n, mode), mmd in by_key.items()
+            if mode == "native-bl" and (run, N, n, "resample-fourier") in by_key}
+
+
+def write_outputs(args, rows, command):
+    ratios = ratio_to_resample(rows)
+    lines = ["# Resolution study: MMD * n0 / N on N-grids", "",
+             f"Command: `{command}`; sampler {args.sampler}, {args.num_steps} steps; seed {args.seed}; device "
+             f"{args.device}, torch {versions()['torch']}. Resample and native-bl draw the same noise on the "
+             f"N-grid (`--resample_noise fine`). `native` is the ablation (the network run on the N-grid as it "
+             f"is). The last column is MMD(native-bl) / MMD(resample) at the same N and n.", "",
+             "| model / prior | N | mode | n | MMD | MMD n0/N | real-vs-real n0/N | Fourier oracle n0/N "
+             "| native-bl / resample |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        oracle = r["oracle_fourier_over_k"]
-        lines.append(f"| {r['run']} | {r['K']} | {r['mode']} | {r['n']} | {r['mmd_over_k']:.4f} | "
-                     f"{r['floor_over_k']:.4f} | {'-' if oracle is None else f'{oracle:.4f}'} |")
+        oracle = "-" if r["oracle_scaled"] is None else f"{r['oracle_scaled']:.4f}"
+        ratio = ratios.get((r["run"], r["N"], r["n"])) if r["mode"] == "native-bl" else None
+        lines.append(f"| {r['run']} | {r['N']} | {r['mode']} | {r['n']} | {r['mmd']:.4f} | {r['mmd_scaled']:.4f} | "
+                     f"{r['floor_scaled']:.4f} | {oracle} | {'-' if ratio is None else f'{ratio:.3f}'} |")
     write_report(args.output, lines, rows, args.seed, lambda r: r["run"], draw_panel)
 
 
 def draw_panel(ax, mine):
-    """MMD / K against K, native and resample, beside the upsample oracle and the floor."""
-    base = [r for r in mine if r["K"] == 1]
-    for mode in ("native", "resample-fourier"):
-        points = sorted((r["K"], r["mmd_over_k"]) for r in base + [r for r in mine if r["mode"] == mode])
-        ax.plot(*zip(*points), marker="o", label=mode)
-    oracle = sorted((r["K"], r["oracle_fourier_over_k"]) for r in mine if r["mode"] == "native")
+    """MMD * n0 / N against N per mode (the n0 row starts every curve), the oracle, the floor."""
+    start = [r for r in mine if r["mode"] == "n0" and r["n"] == max(x["n"] for x in mine)]
+    for mode in MODES:
+        points = sorted((r["N"], r["mmd_scaled"]) for r in start + [r for r in mine if r["mode"] == mode])
+        if len(points) > 1:
+            ax.plot(*zip(*points), marker="o", label=mode)
+    oracle = sorted({(r["N"], r["oracle_scaled"]) for r in mine if r["oracle_scaled"] is not None})
     if oracle:
-        ax.plot(*zip(*oracle), linestyle="--", color="gray", label="upsample oracle")
-    floor = sorted({(r["K"], r["floor_over_k"]) for r in mine if r["mode"] in ("n0", "native")})
+        ax.plot(*zip(*oracle), linestyle="--", color="gray", label="Fourier oracle")
+    floor = sorted({(r["N"], r["floor_scaled"]) for r in mine if r["mode"] in ("n0", "native-bl")})
     ax.plot(*zip(*floor), linestyle=":", color="black", label="real vs real")
-    ax.set_xlabel("K (grid K x 28)")
-    ax.set_ylabel("MMD / K")
+    ax.set_xlabel("N (grid N x N)")
+    ax.set_ylabel("MMD * n0 / N")
     ax.set_yscale("log")
     ax.set_title(mine[0]["run"])
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files (.pt)")
-    parser.add_argument("--upscales", type=int, nargs="+", default=[1, 2, 3, 4], help="factors K")
-    parser.add_argument("--num_samples", type=int, default=250, help="samples (and test images) of every row")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112],
+                        help="grids N (any N > n0; e.g. 42 50 56 84 112)")
+    parser.add_argument("--modes", nargs="+", default=["resample", "native-bl", "native"],
+                        choices=list(sde.SAMPLE_MODES), help="sample modes of test.py")
+    parser.add_argument("--num_samples", type=int, default=1000, help="samples (and test images) for N <= 2 n0")
+    parser.add_argument("--num_samples_fine", type=int, default=250, help="samples for N > 2 n0")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--data_root", default="./data", help="MNIST root")
+    parser.add_argument("--data_root", default=None, help="MNIST root (default: each run's own)")
     parser.add_argument("--work_dir", default="runs/resolution", help="per-checkpoint evaluations")
     parser.add_argument("--output", default="results/resolution.md", help="Markdown file (+ .json, .png)")
-    parser.add_argument("--sampler", default="em", choices=list(sde.SAMPLERS),
-                        help="sampler of test.py (native sampling at K = 4 costs ~16x K = 1)")
-    parser.add_argument("--num_steps", type=int, default=200, help="sampler steps")
+    parser.add_argument("--sampler", default="ancestral", choices=list(sde.SAMPLERS), help="sampler of test.py")
+    parser.add_argument("--num_steps", type=int, default=50, help="sampler steps")
     parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = "python bench/resolution.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    training_grids = [evaluation.load_checkpoint(path)["config"]["input_height"] for path in args.checkpoints]
     rows = []
-    for index, path in enumerate(args.checkpoints):
-        rows += list(rows_of(evaluate(args, path, index)))
-        write_outputs(args, rows)
+    for path, n0 in zip(args.checkpoints, training_grids):
+        coarse = [n for n in args.resolutions if n <= 2 * n0]
+        fine = [n for n in args.resolutions if n > 2 * n0]
+        for grids, count in ((coarse, args.num_samples), (fine, args.num_samples_fine)):
+            if grids:
+                report, folder = evaluate(args, path, grids, count)
+                rows += list(rows_of(report, set(grids)))
+                if 2 * n0 in grids:
+                    save_side_by_side([os.path.join(folder, f"samples_{n}_{mode}.png") for n, mode in
+                                       ((n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"),
+                                        (2 * n0, "native"))],
+                                      os.path.join(os.path.dirname(args.output),
+                                                   f"resolution_grids_{run_label(path)}.png"))
+        write_outputs(args, rows, command)
     print(f"written {args.output}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

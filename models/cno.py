@@ -259,6 +259,6 @@ class CNO(nn.Module):
         h = torch.cat([h, self.bridge_blocks[0](skips[0], emb, sizes[0])], dim=1)
         out = fourier_resample(self.project(h, emb), n)
         if self.input_skip is not None:
-            gain = self.input_skip(emb).reshape(x.shape[0], out.shape[1], x.shape[1])
+            gain = emb.apply(self.input_skip).reshape(x.shape[0], out.shape[1], x.shape[1])
             out = out + torch.einsum("boi,bihw->bohw", gain, x)
         return out

@@ -96,7 +96,7 @@ class FNO(nn.Module):
     def forward(self, x, t):
         emb = self.time_embedding(t)
         grid = periodic_grid(x.shape[-1], x.shape[0], x.dtype, x.device)
-        v = self.lift(torch.cat([x, grid], dim=1)) + self.lift_time(emb)[:, :, None, None]
+        v = self.lift(torch.cat([x, grid], dim=1)) + emb.apply(self.lift_time)[:, :, None, None]
         for layer in self.layers:
             v = layer(v, emb)
         return self.project(v)

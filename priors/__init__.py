@@ -1,5 +1,5 @@
 """Prior registry: `--prior_name` -> a FourierPrior (see priors/base.py for the convention)."""
-from priors.base import FourierPrior
+from priors.base import FourierPrior, PerSampleGenerator
 from priors.operators import (CombinedPrior, LaplacianPrior, MaternPrior, RandomModesPrior,
                               StandardPrior, laplacian_symbol)
 
@@ -20,4 +20,4 @@ def prior_from_config(config):
     return build_prior(options.pop("name"), options.pop("n0"), **options)
 
 
-__all__ = ["FourierPrior", "PRIORS", "build_prior", "prior_from_config", "laplacian_symbol"]
+__all__ = ["FourierPrior", "PerSampleGenerator", "PRIORS", "build_prior", "prior_from_config", "laplacian_symbol"]

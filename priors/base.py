@@ -11,10 +11,40 @@ distributed as an n sample. At the training resolution n0 this is the usual unit
 white noise; at 2 n0 its pixels have standard deviation 2. The `standard` prior
 (A = I) is therefore not trace class: its pixel variance grows like n^2.
 """
+import numpy as np
 import torch
 from torch import nn
 
 from resample import wavenumbers
+
+
+class PerSampleGenerator:
+    """A source of white noise in which image i of a batch draws only from its own generator.
+
+    Built for samples first .. first + count - 1 of a call with `seed`: sample i's numbers come
+    from numpy's PCG64 seeded with the entropy (seed, i) (a SeedSequence: distinct streams for
+    distinct pairs; torch's CPU generator keeps only 32 bits of a seed), so sample i is a
+    function of (seed, i) alone, whatever the batch size, shard or device of the call. Pass it
+    wherever `FourierPrior.sample` takes a generator; every draw's batch dimension is `count`.
+    """
+
+    def __init__(self, seed, first, count):
+        if seed < 0:
+            raise ValueError(f"a sampling seed must be >= 0, got {seed}")
+        self.generators = [np.random.default_rng([int(seed), i]) for i in range(first, first + count)]
+
+    def randn(self, shape, dtype=torch.float32):
+        if shape[0] != len(self.generators):
+            raise ValueError(f"a per-sample draw needs batch {len(self.generators)}, got shape {tuple(shape)}")
+        numbers = np.stack([g.standard_normal(tuple(shape[1:])) for g in self.generators])
+        return torch.from_numpy(numbers).to(dtype)
+
+
+def standard_normal(shape, generator=None, dtype=torch.float32):
+    """N(0, 1) numbers on the CPU from a torch.Generator (or None) or a PerSampleGenerator."""
+    if isinstance(generator, PerSampleGenerator):
+        return generator.randn(shape, dtype)
+    return torch.randn(shape, generator=generator, dtype=dtype)
 
 
 class FourierPrior(nn.Module):
@@ -59,10 +89,11 @@ class FourierPrior(nn.Module):
     def white_noise(self, shape, generator=None, device=None, dtype=torch.float32):
         """Consistent white noise on the grid of shape (..., n, n): pixel std n / n0.
 
-        Drawn on the CPU from `generator` so a seed gives the same noise on any device.
+        Drawn on the CPU from `generator` (a torch.Generator or a PerSampleGenerator) so a
+        seed gives the same noise on any device.
         """
         n = shape[-1]
-        z = torch.randn(shape, generator=generator, dtype=dtype)
+        z = standard_normal(shape, generator, dtype)
         return (z * (n / self.n0)).to(device)
 
     def apply(self, z):

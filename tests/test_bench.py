@@ -1,7 +1,9 @@
 """The bench scripts' planning and bookkeeping (the measurements themselves are run by hand)."""
 import json
 
-from bench.resolution import rows_of
+import pytest
+
+from bench.resolution import ratio_to_resample, rows_of
 from bench.samplers import configurations, load_earlier, merge
 
 
@@ -36,11 +38,19 @@ def test_rows_of_reports_written_before_rows_had_a_seed_take_the_reports_seed(tm
     assert [r["seed"] for r in load_earlier(str(path))] == [3, 5]
 
 
-def test_resolution_rows_divide_by_k_and_leave_the_oracle_empty_at_k_1():
-    report = {"model": "cno", "prior": {"name": "lap_conv"}, "results": [
-        {"upscale": 1, "mode": "native", "n": 8, "mmd": 0.1, "floor_real": 0.05},
-        {"upscale": 2, "mode": "native", "n": 8, "mmd": 0.4, "floor_real": 0.1, "oracle_fourier": 0.12}]}
-    rows = list(rows_of(report))
-    assert [(r["run"], r["K"], r["mode"]) for r in rows] == [("cno / lap_conv", 1, "n0"), ("cno / lap_conv", 2, "native")]
-    assert [r["mmd_over_k"] for r in rows] == [0.1, 0.2]
-    assert rows[0]["oracle_fourier_over_k"] is None and rows[1]["oracle_fourier_over_k"] == 0.06
+def test_resolution_rows_scale_by_n0_over_n_and_pair_native_bl_with_resample():
+    report = {"model": "cno", "prior": {"name": "lap_conv", "laplacian": "spectral"}, "train_config": {"input_height": 28},
+              "results": [
+                  {"resolution": 28, "mode": "n0", "n": 8, "mmd": 0.1, "floor_real": 0.05},
+                  {"resolution": 42, "mode": "resample-fourier", "n": 8, "mmd": 0.3, "floor_real": 0.06,
+                   "oracle_fourier": 0.09},
+                  {"resolution": 42, "mode": "native-bl", "n": 8, "mmd": 0.33, "floor_real": 0.06,
+                   "oracle_fourier": 0.09},
+                  {"resolution": 56, "mode": "native", "n": 8, "mmd": 0.4, "floor_real": 0.1, "oracle_fourier": 0.12}]}
+    rows = list(rows_of(report, wanted={42}))
+    assert [(r["run"], r["N"], r["mode"]) for r in rows] == [
+        ("cno / lap_conv (spectral)", 28, "n0"), ("cno / lap_conv (spectral)", 42, "resample-fourier"),
+        ("cno / lap_conv (spectral)", 42, "native-bl")]
+    assert rows[1]["mmd_scaled"] == pytest.approx(0.3 * 28 / 42) and rows[1]["oracle_scaled"] == pytest.approx(0.06)
+    assert rows[0]["oracle_scaled"] is None and rows[0]["mmd_scaled"] == 0.1
+    assert ratio_to_resample(rows) == {("cno / lap_conv (spectral)", 42, 8): pytest.approx(1.1)}

