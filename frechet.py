@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
-from tqdm.auto import tqdm
 
 import data
-from utils import ArgumentParser, UserError, atomic_torch_save, run_main, versions
+from utils import ArgumentParser, UserError, atomic_torch_save, progress_bar, run_main, versions
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints",
                                   "mnist_classifier.pt")
@@ -135,7 +134,7 @@ def train_classifier(train_x, train_y, seed=0, epochs=3, batch_size=128, lr=2e-3
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    with tqdm(total=steps, desc="classifier", disable=not progress, leave=False) as bar:
+    with progress_bar(total=steps, desc="classifier", disable=not progress, leave=False) as bar:
         for _ in range(epochs):
             for index in torch.randperm(len(train_y), generator=generator).split(batch_size):
                 shift = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
@@ -183,4 +182,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, "interrupted; no classifier was written (an existing one is untouched): run the command "
+                   "again to train it")

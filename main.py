@@ -24,7 +24,7 @@ import sde
 from mmd import riesz_mmd
 from resample import fourier_resample
 from utils import (CHECKPOINT_FORMAT, ArgumentParser, Distributed, UserError, atomic_torch_save,
-                   ensure_writable_dir, load_checkpoint, resolve_device, run_main, save_grid,
+                   ensure_writable_dir, load_checkpoint, progress_bar, resolve_device, run_main, save_grid,
                    timestamp, versions, write_json)
 
 
@@ -283,7 +283,7 @@ def train_epoch(run, images, progress=True):
     order = torch.randperm(len(images), generator=run.data_generator)
     losses, norms = [], []
     run.model.train()
-    bar = tqdm(global_batches(len(images), config.batch_size, dist.world), leave=False,
+    bar = progress_bar(global_batches(len(images), config.batch_size, dist.world), leave=False,
                desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="batch",
                disable=not (progress and dist.is_main))
     for start in bar:
@@ -503,16 +503,18 @@ def run_epoch(run, train_images, val_low, val_high, folder):
     run.epoch += 1
     row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
            "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": ""}
+    improved = False
     if run.epoch == config.n_epochs or (config.val_every and run.epoch % config.val_every == 0):
         row.update(validate_run(run, val_low, val_high, folder))
         row["seconds"] = time.time() - started  # training and validation
-        if row["mmd_n0"] < run.best_mmd:
+        improved = row["mmd_n0"] < run.best_mmd
+        if improved:
             run.best_mmd = row["mmd_n0"]
-            if dist.is_main:
-                atomic_torch_save(run.state(), os.path.join(folder, "best.pt"))
-    run.history.append(row)
+    run.history.append(row)  # before saving: best.pt carries the row that made it best
     if dist.is_main:
         log_row(folder, row)
+        if improved:
+            atomic_torch_save(run.state(), os.path.join(folder, "best.pt"))
         atomic_torch_save(run.state(), os.path.join(folder, "last.pt"))
         mmd_text = (f", MMD {row['mmd_n0']:.4f} @{config.input_height} (floor {run.val_floor:.4f}), "
                     f"{row['mmd_2n0']:.4f} @{2 * config.input_height}" if row["mmd_n0"] != "" else "")
@@ -529,4 +531,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, "interrupted; the last checkpoint on disk is intact (continue with --resume and the "
+                   "same --save_model)")

@@ -428,4 +428,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     torch.set_num_threads(torch.get_num_threads())
-    run_main(main)
+    run_main(main, "interrupted; finished runs are kept: run the same command again to go on (an interrupted "
+                   "training resumes from its last epoch, an interrupted evaluation starts again)")

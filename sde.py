@@ -21,10 +21,10 @@ import math
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from priors.base import PerSampleGenerator
 from resample import fourier_resample, resample, truncate_noise
+from utils import progress_bar
 
 B_MIN, B_MAX = 0.1, 20.0
 T_EPS = 1e-5  # smallest training time: s(t) ~ sqrt(b_min t) stays away from 0
@@ -381,7 +381,7 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     mine = range(rank, math.ceil(num_samples / batch_size), world)
     out = []
     steps_per_batch = num_steps - 1 if sampler in SIGMA_GRID_SAMPLERS and not tweedie else num_steps
-    with tqdm(total=len(mine) * steps_per_batch, desc=desc or f"sampling {mode} {n}x{n}",
+    with progress_bar(total=len(mine) * steps_per_batch, desc=desc or f"sampling {mode} {n}x{n}",
               unit="step", disable=not show_progress, leave=False) as bar:
         for b in mine:
             first = b * batch_size

@@ -363,4 +363,5 @@ FALLBACK_WARNING = (" -- the fallback sample, not MNIST test: its 1,000 test dig
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, "interrupted; the checkpoint is untouched and the results folder holds only the grids "
+                   "sampled so far: run the command again with a new --results_dir")

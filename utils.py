@@ -34,14 +34,26 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(message)
 
 
-def run_main(main_fn):
-    """Run a CLI entry point, turning UserError into one clear line and exit code 2."""
+def run_main(main_fn, interrupted="interrupted"):
+    """Run a CLI entry point, turning UserError into one clear line and exit code 2, and Ctrl-C
+    into the line `interrupted` (what is kept and how to go on, in the words of that command)
+    and exit code 130."""
     try:
         main_fn()
     except UserError as error:
         fail(str(error))
     except KeyboardInterrupt:
-        fail("interrupted; the last checkpoint on disk is intact (resume with --resume)", code=130)
+        fail(interrupted, code=130)
+
+
+def progress_bar(*args, **kwargs):
+    """tqdm, but where stderr is not a terminal (a log file) it writes one line a minute at most
+    instead of a line per update."""
+    from tqdm.auto import tqdm
+
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 60.0)
+    return tqdm(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -52,11 +64,22 @@ def atomic_torch_save(obj, path):
     A crash, a kill or a full disk leaves either the old file or the new one, never a
     truncated one.
     """
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def temporary_name_pattern(path):
+    """The glob of the temporary files written beside `path` (.gitignore lists them)."""
+    return os.path.basename(path) + ".tmp.*"
+
+
+def _atomic_write(path, mode, write):
+    """write(file) to a temporary file beside `path` (PATH.tmp.XXXX), flush, fsync, rename over
+    `path`, fsync the folder; on any failure the temporary file is removed and `path` untouched."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp.", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -127,13 +150,12 @@ def timestamp():
 
 
 def write_json(obj, path):
-    """Write JSON atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "w") as f:
+    """Write JSON atomically (temporary file, fsync, then rename; see _atomic_write)."""
+    def dump(f):
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
+
+    _atomic_write(path, "w", dump)
 
 
 def ensure_writable_dir(path, flag):

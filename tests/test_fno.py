@@ -36,7 +36,8 @@ def test_linear_fno_is_discretisation_consistent(n_fine):
 
 def test_fno_low_modes_agree_across_grids_up_to_aliasing():
     """With GELU the only difference between grids is where the activation's new high
-    frequencies alias; on the low modes it is a small fraction of the output."""
+    frequencies alias; on the low modes it is 1.0e-7 of the output here (measured), so 1e-6
+    leaves room for rounding only: a slip in the mode indexing or the FFT norm is far above."""
     torch.manual_seed(0)
     model = FNO(width=16, modes=10, n_layers=4).double()
     t = torch.tensor([0.3, 0.7], dtype=torch.float64)
@@ -45,7 +46,7 @@ def test_fno_low_modes_agree_across_grids_up_to_aliasing():
     low28 = fourier_resample(fourier_resample(out28, 9), 112)  # modes |k| <= 4
     low112 = fourier_resample(fourier_resample(out112, 9), 112)
     relative = (low28 - low112).norm() / low112.norm()
-    assert relative < 0.02, relative
+    assert relative < 1e-6, relative
 
 
 def test_periodic_grid_channels_use_pixel_centres():

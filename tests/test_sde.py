@@ -5,7 +5,7 @@ import torch
 
 import sde
 from models import build_model
-from priors import build_prior
+from priors import PerSampleGenerator, build_prior
 from resample import fourier_resample
 
 N0 = 28
@@ -95,14 +95,24 @@ def test_full_sampling_loop_golden_values():
 GOLDEN = [0.6346578598022461, 0.9150081872940063, -1.0631053447723389, 1.4621219635009766]
 
 
-@pytest.mark.parametrize("upscale", [1, 2])
-@pytest.mark.parametrize("mode", ["native", "resample"])
-def test_generate_shape_and_range(upscale, mode):
+@pytest.mark.parametrize("mode,resolution", [("native", N0), ("native", 2 * N0), ("resample", 2 * N0),
+                                             ("native-bl", 42), ("resample", 35)])
+def test_generate_is_the_sampler_from_per_sample_noise_then_the_clamp(mode, resolution):
+    """generate = for each sample i the unclamped sampler driven by the generator of (seed, i), with
+    the band-limited score in native-bl mode, the n0 result interpolated in resample mode, a final
+    denoiser on a finer grid; then clamped to [0, 1]."""
     prior = build_prior("lap_conv", N0)
-    out = sde.generate(dummy_net(), prior, 5, N0, upscale, mode, seed=0, batch_size=3, num_steps=4,
-                       show_progress=False)
-    assert out.shape == (5, 1, upscale * N0, upscale * N0)
-    assert out.min() >= 0 and out.max() <= 1
+    out = sde.generate(dummy_net(), prior, 5, N0, mode=mode, seed=2, batch_size=3, num_steps=4,
+                       show_progress=False, resolution=resolution)
+    grid = N0 if mode == "resample" else resolution
+    net = sde.BandLimitedScore(dummy_net(), N0) if mode == "native-bl" else dummy_net()
+    raw = torch.cat([sde.euler_maruyama(net, prior, (1, 1, grid, grid), 4, PerSampleGenerator(2, i, 1),
+                                        noise_grid=resolution, clamp=False, tweedie=grid > N0) for i in range(5)])
+    if mode == "resample":
+        raw = fourier_resample(raw.clamp(0, 1), resolution)
+    assert out.shape == (5, 1, resolution, resolution)
+    assert torch.allclose(out, raw.clamp(0, 1), atol=1e-6)
+    assert (raw.clamp(0, 1) != raw).float().mean() > 0.01  # the clamp acts: the comparison is not trivial
 
 
 def dummy_net():

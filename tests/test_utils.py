@@ -69,3 +69,75 @@ def test_bad_checkpoint_files_give_one_clear_error(tmp_path, how, message):
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_temporary_files_are_named_as_gitignore_expects_and_removed_when_a_write_fails(tmp_path, monkeypatch):
+    """A kill between the write and the rename leaves PATH.tmp.XXXX behind: .gitignore must hide it."""
+    import fnmatch
+    import json
+
+    from utils import temporary_name_pattern, write_json
+
+    ignored = [line.strip() for line in open(os.path.join(os.path.dirname(__file__), "..", ".gitignore"))
+               if line.strip() and not line.startswith("#")]
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    atomic_torch_save(good_state(), str(tmp_path / "last.pt"))
+    write_json({"a": 1}, str(tmp_path / "results.json"))
+    assert len(seen) == 2
+    for name, target in zip(seen, ("last.pt", "results.json")):
+        assert fnmatch.fnmatch(name, temporary_name_pattern(target))
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in ignored), name
+    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
+
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    write_json({"b": 2}, str(tmp_path / "results.json"))
+    assert synced  # the data reach the disk before the rename
+    with pytest.raises(TypeError):
+        write_json({"c": object()}, str(tmp_path / "results.json"))
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "results.json"]  # no temporary file left
+    assert json.loads((tmp_path / "results.json").read_text()) == {"b": 2}
+
+
+@pytest.mark.parametrize("command", ["main.py", "test.py", "reproduce.py", "frechet.py"])
+def test_ctrl_c_says_what_is_kept_and_only_main_suggests_resume(command, monkeypatch, capsys):
+    import importlib
+    import sys
+
+    module = importlib.import_module(os.path.splitext(command)[0])
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "main", interrupt)
+    source = open(os.path.join(os.path.dirname(__file__), "..", command)).read()
+    block = source[source.index('if __name__ == "__main__":'):]
+    with pytest.raises(SystemExit) as exit:
+        exec(block.replace('if __name__ == "__main__":', "if True:"), vars(module))
+    err = capsys.readouterr().err
+    assert exit.value.code == 130 and err.startswith("error: interrupted")
+    assert ("--resume" in err) == (command == "main.py")
+
+
+def test_progress_bars_write_at_most_a_line_a_minute_into_a_log(monkeypatch):
+    import sys
+
+    from utils import progress_bar
+
+    import io
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    log = io.StringIO()
+    with progress_bar(total=500, file=log, miniters=1) as bar:
+        for _ in range(500):
+            bar.update(1)
+    assert bar.mininterval == 60.0
+    assert log.getvalue().count("\r") <= 3  # the opening and closing lines, not one per update
