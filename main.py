@@ -60,7 +60,14 @@ class TrainConfig:
     train_limit: int = _opt(0, "use only the first N training images of the split (0: all); for "
                                "quick checks")
     input_height: int = _opt(28, "training resolution n0 (images are n0 x n0)")
-    n_epochs: int = _opt(20, "number of training epochs")
+    n_epochs: int = _opt(20, "number of training epochs (with --minutes: the most epochs)")
+    minutes: float = _opt(0.0, "training budget in minutes of training time (validation not counted); "
+                               "0: none. Training stops when it is spent, validates and writes a valid "
+                               "checkpoint; the learning-rate schedule spans the budget")
+    lr_schedule: str = _opt("constant", "learning rate over the run: 'constant', or 'cosine' (decays to 0 "
+                                        "at the end of --minutes, else of --n_epochs)",
+                            choices=["constant", "cosine"])
+    warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps (0: none)")
     parametrization: str = _opt("noise", "what the network outputs: 'noise' (eta; the score is "
                                          "a = -g/s net) or 'score' (a = net, the reference)",
                                 choices=list(sde.ScoreModel.PARAMETRIZATIONS))
@@ -93,7 +100,7 @@ class TrainConfig:
     progress: int = _opt(1, "1: show progress bars; 0: quiet", choices=[0, 1])
 
     # flags that may change when a run is resumed (the rest must match the checkpoint)
-    RESUMABLE_CHANGES = ("n_epochs", "device", "threads", "progress", "resume", "val_every",
+    RESUMABLE_CHANGES = ("n_epochs", "minutes", "device", "threads", "progress", "resume", "val_every",
                          "data_root", "out_dir", "sample_batch_size", "amp")
 
 
@@ -133,11 +140,13 @@ def validate(config):
     for name in positive:
         if getattr(config, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(config, name)}")
-    for name in ["train_limit", "val_every", "threads", "sample_batch_size"]:
+    for name in ["train_limit", "val_every", "threads", "sample_batch_size", "warmup_steps"]:
         if getattr(config, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
     if not config.lr > 0 or not math.isfinite(config.lr):
         raise UserError(f"--lr must be a positive number, got {config.lr}")
+    if not (config.minutes >= 0 and math.isfinite(config.minutes)):
+        raise UserError(f"--minutes must be >= 0, got {config.minutes}")
     if not 0 <= config.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
     if config.grad_clip < 0:
@@ -208,7 +217,18 @@ class Run:
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
         self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
         self.epoch, self.step, self.best_mmd, self.history = 0, 0, math.inf, []
+        self.train_seconds = 0.0  # time spent in training steps (validation not counted), for --minutes
         self.data_source, self.train_images = None, None  # where the training images came from, how many
+
+    @property
+    def budget_spent(self):
+        return self.config.minutes > 0 and self.train_seconds >= 60 * self.config.minutes
+
+    def progress(self, steps_per_epoch):
+        """Fraction of the run done: of --minutes if set, else of --n_epochs."""
+        if self.config.minutes > 0:
+            return self.train_seconds / (60 * self.config.minutes)
+        return self.step / max(1, self.config.n_epochs * steps_per_epoch)
 
     @property
     def sampling_model(self):
@@ -229,6 +249,7 @@ class Run:
             "prior": self.prior.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "train_seconds": self.train_seconds,
             "best_mmd": self.best_mmd,
             "history": self.history,
             "rng": {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state(),
@@ -243,6 +264,7 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.prior.load_state_dict(state["prior"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.train_seconds = state.get("train_seconds", sum(float(row["seconds"]) for row in state["history"]))
         self.best_mmd, self.history = state["best_mmd"], list(state["history"])
         self.data_generator.set_state(state["rng"]["data"])
         self.noise_generator.set_state(state["rng"]["noise"])
@@ -258,6 +280,23 @@ FAULT_ENV = "FSDIFF_FAULT_NAN_AT_STEP"  # test hook: the loss of this (1-based) 
 
 def _injected_fault(step):
     return os.environ.get(FAULT_ENV, "") == str(step)
+
+
+def training_clock():
+    """Seconds, for the --minutes budget (its own name, so a test can replace the clock)."""
+    return time.perf_counter()
+
+
+def learning_rate(config, step, progress):
+    """The learning rate of step `step` (0-based), `progress` in [0, 1] the fraction of the run done:
+    lr * min(1, (step + 1) / warmup_steps) (linear warm-up), times 1/2 (1 + cos(pi progress)) for
+    the cosine schedule, which so reaches 0 at the end of the budget (--minutes) or of --n_epochs."""
+    rate = config.lr
+    if config.warmup_steps:
+        rate *= min(1.0, (step + 1) / config.warmup_steps)
+    if config.lr_schedule == "cosine":
+        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return rate
 
 
 def global_batches(num_images, batch_size, world):
@@ -283,10 +322,11 @@ def train_epoch(run, images, progress=True):
     order = torch.randperm(len(images), generator=run.data_generator)
     losses, norms = [], []
     run.model.train()
-    bar = progress_bar(global_batches(len(images), config.batch_size, dist.world), leave=False,
-               desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="batch",
-               disable=not (progress and dist.is_main))
+    batches = global_batches(len(images), config.batch_size, dist.world)
+    bar = progress_bar(batches, leave=False, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="batch",
+                       disable=not (progress and dist.is_main))
     for start in bar:
+        started = training_clock()
         chunk = order[start:start + config.batch_size * dist.world]
         share = math.ceil(len(chunk) / dist.world)
         x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
@@ -305,13 +345,18 @@ def train_epoch(run, images, progress=True):
         if not torch.isfinite(norm):
             raise TrainingDiverged(f"gradient norm is {norm.item()} at step {run.step + 1} (epoch "
                                    f"{run.epoch + 1}); stopped, the last checkpoint is untouched")
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(config, run.step, run.progress(len(batches)))
         run.optimizer.step()
         if run.ema is not None:
             run.ema.update_parameters(run.model)
         run.step += 1
+        run.train_seconds += dist.max(training_clock() - started)  # the ranks agree on the budget
         losses.append(mean_loss)
         norms.append(norm.item())
         bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}")
+        if run.budget_spent:  # the epoch ends early; run_epoch validates and checkpoints
+            break
     return sum(losses) / len(losses), sum(norms) / len(norms)
 
 
@@ -460,9 +505,10 @@ def train(config, argv=()):
     if dist.is_main:
         say(dist, f"validation floor at {config.input_height}: {run.val_floor:.4f} (real vs real, "
                   f"n = {len(val_low)}, mean of 4 draws of training images)")
-    while run.epoch < config.n_epochs:
+    while run.epoch < config.n_epochs and not run.budget_spent:
         run_epoch(run, train_images, val_low, val_high, folder)
-    say(dist, f"done: {folder} (best MMD at {config.input_height}: {run.best_mmd:.4f})")
+    say(dist, f"done: {folder} ({run.step} steps, {run.train_seconds / 60:.1f} min of training"
+              f"{', the budget' if run.budget_spent else ''}; best MMD at {config.input_height}: {run.best_mmd:.4f})")
     dist.stop()
     run.folder = folder
     return run
@@ -502,9 +548,11 @@ def run_epoch(run, train_images, val_low, val_high, folder):
         raise UserError(str(error))
     run.epoch += 1
     row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
-           "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": ""}
+           "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": "",
+           "lr": run.optimizer.param_groups[0]["lr"], "train_minutes": run.train_seconds / 60}
     improved = False
-    if run.epoch == config.n_epochs or (config.val_every and run.epoch % config.val_every == 0):
+    last = run.epoch == config.n_epochs or run.budget_spent
+    if last or (config.val_every and run.epoch % config.val_every == 0):
         row.update(validate_run(run, val_low, val_high, folder))
         row["seconds"] = time.time() - started  # training and validation
         improved = row["mmd_n0"] < run.best_mmd

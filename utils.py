@@ -217,6 +217,14 @@ class Distributed:
         torch.distributed.all_reduce(tensor)
         return tensor.item() / self.world
 
+    def max(self, value):
+        """The largest of a float over the processes (identity without torchrun)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return tensor.item()
+
     def gather(self, obj):
         """List of every process's `obj`, in rank order."""
         if not self.active:

