@@ -313,13 +313,14 @@ class BandLimitedScore(nn.Module):
     On the n0 grid itself it is `score_net`.
     """
 
-    def __init__(self, score_net, n0):
+    def __init__(self, score_net, n0, nyquist_gain=1 / math.sqrt(2)):
         super().__init__()
-        self.score_net, self.n0 = score_net, int(n0)
+        self.score_net, self.n0, self.nyquist_gain = score_net, int(n0), nyquist_gain
 
     def denoise(self, y, t):
-        """D_N(y, t) = U_N D_n0(P_n0 y, t)."""
-        coarse = truncate_noise(y, self.n0)
+        """D_N(y, t) = U_N D_n0(P_n0 y, t). nyquist_gain: the fold of P_n0 (1/sqrt(2), `truncate_noise`;
+        1 is the plain band projection, kept to measure what the fold is for: bench/nyquist_fold.py)."""
+        coarse = fourier_resample(y, self.n0, nyquist_gain=self.nyquist_gain)
         return fourier_resample(tweedie_denoise(self.score_net, coarse, t), tuple(y.shape[-2:]))
 
     def forward(self, y, t):

@@ -33,9 +33,10 @@ def run_label(path):
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
-def evaluate(args, path, resolutions, count):
-    """test.py on `path` at these resolutions with `count` samples a row (kept and reused)."""
-    folder = os.path.join(args.work_dir, f"{run_label(path)}_n{count}_{args.sampler}{args.num_steps}")
+def evaluate(args, path, resolutions, count, modes):
+    """test.py on `path` at these resolutions in these modes, `count` samples a row (kept and reused)."""
+    folder = os.path.join(args.work_dir, f"{run_label(path)}_n{count}_{args.sampler}{args.num_steps}_"
+                                         f"{'-'.join(m.replace('native-bl', 'bl') for m in modes)}")
     report = os.path.join(folder, "results.json")
     done = json.load(open(report)) if os.path.exists(report) else None
     if done is None or not set(resolutions) <= {r["resolution"] for r in done["results"]}:
@@ -44,13 +45,29 @@ def evaluate(args, path, resolutions, count):
             report = os.path.join(folder, "results.json")
         if not os.path.exists(report):
             evaluation.main(["--save_model", path, "--checkpoint", "last", "--resolution", *map(str, resolutions),
-                             "--sample_mode", *args.modes, "--num_samples_mmd", str(count),
+                             "--sample_mode", *modes, "--num_samples_mmd", str(count),
                              "--seed", str(args.seed), "--device", args.device, "--results_dir", folder,
                              "--resample_noise", "fine", "--sampler", args.sampler, "--num_steps",
                              str(args.num_steps), "--progress", str(args.progress),
                              *(["--data_root", args.data_root] if args.data_root else [])])
         done = json.load(open(report))
     return done, folder
+
+
+def evaluation_plan(args, n0):
+    """[(grids, n, modes)]: one test.py call per sample count and mode set. Grids N <= 2 n0 get
+    --num_samples, finer ones --num_samples_fine; the raw native ablation runs only on
+    --native_resolutions (default: every grid)."""
+    native_on = set(args.resolutions if args.native_resolutions is None else args.native_resolutions)
+    with_native, without = list(args.modes), [m for m in args.modes if m != "native"]
+    plan = []
+    for grids, count in (([n for n in args.resolutions if n <= 2 * n0], args.num_samples),
+                         ([n for n in args.resolutions if n > 2 * n0], args.num_samples_fine)):
+        for modes, chosen in ((without, [n for n in grids if n not in native_on]),
+                              (with_native, [n for n in grids if n in native_on])):
+            if chosen and modes:
+                plan.append((chosen, count, modes))
+    return plan
 
 
 def rows_of(report, wanted=None):
@@ -127,6 +144,8 @@ def parse_args(argv=None):
                         help="grids N (any N > n0; e.g. 42 50 56 84 112)")
     parser.add_argument("--modes", nargs="+", default=["resample", "native-bl", "native"],
                         choices=list(sde.SAMPLE_MODES), help="sample modes of test.py")
+    parser.add_argument("--native_resolutions", type=int, nargs="+", default=None,
+                        help="grids on which the raw native ablation runs too (default: all of --resolutions)")
     parser.add_argument("--num_samples", type=int, default=1000, help="samples (and test images) for N <= 2 n0")
     parser.add_argument("--num_samples_fine", type=int, default=250, help="samples for N > 2 n0")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -146,18 +165,14 @@ def main(argv=None):
     training_grids = [evaluation.load_checkpoint(path)["config"]["input_height"] for path in args.checkpoints]
     rows = []
     for path, n0 in zip(args.checkpoints, training_grids):
-        coarse = [n for n in args.resolutions if n <= 2 * n0]
-        fine = [n for n in args.resolutions if n > 2 * n0]
-        for grids, count in ((coarse, args.num_samples), (fine, args.num_samples_fine)):
-            if grids:
-                report, folder = evaluate(args, path, grids, count)
-                rows += list(rows_of(report, set(grids)))
-                if 2 * n0 in grids:
-                    save_side_by_side([os.path.join(folder, f"samples_{n}_{mode}.png") for n, mode in
-                                       ((n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"),
-                                        (2 * n0, "native"))],
-                                      os.path.join(os.path.dirname(args.output),
-                                                   f"resolution_grids_{run_label(path)}.png"))
+        for grids, count, modes in evaluation_plan(args, n0):
+            report, folder = evaluate(args, path, grids, count, modes)
+            seen = {(r["run"], r["N"], r["mode"], r["n"]) for r in rows}
+            rows += [r for r in rows_of(report, set(grids)) if (r["run"], r["N"], r["mode"], r["n"]) not in seen]
+            if 2 * n0 in grids:
+                save_side_by_side([os.path.join(folder, f"samples_{n}_{mode}.png") for n, mode in
+                                   ((n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"), (2 * n0, "native"))],
+                                  os.path.join(os.path.dirname(args.output), f"resolution_grids_{run_label(path)}.png"))
         write_outputs(args, rows, command)
     print(f"written {args.output}")
 

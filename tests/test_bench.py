@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.resolution import ratio_to_resample, rows_of
+from bench.resolution import evaluation_plan, parse_args, ratio_to_resample, rows_of
 from bench.samplers import configurations, load_earlier, merge
 
 
@@ -54,3 +54,13 @@ def test_resolution_rows_scale_by_n0_over_n_and_pair_native_bl_with_resample():
     assert rows[1]["mmd_scaled"] == pytest.approx(0.3 * 28 / 42) and rows[1]["oracle_scaled"] == pytest.approx(0.06)
     assert rows[0]["oracle_scaled"] is None and rows[0]["mmd_scaled"] == 0.1
     assert ratio_to_resample(rows) == {("cno / lap_conv (spectral)", 42, 8): pytest.approx(1.1)}
+
+
+def test_resolution_plan_groups_grids_by_sample_count_and_runs_the_ablation_only_where_asked():
+    args = parse_args(["--checkpoints", "a.pt", "--resolutions", "42", "50", "56", "84", "112",
+                       "--native_resolutions", "56", "84", "112"])
+    assert evaluation_plan(args, 28) == [
+        ([42, 50], 1000, ["resample", "native-bl"]), ([56], 1000, ["resample", "native-bl", "native"]),
+        ([84, 112], 250, ["resample", "native-bl", "native"])]
+    every = parse_args(["--checkpoints", "a.pt", "--resolutions", "56", "--modes", "native-bl"])
+    assert evaluation_plan(every, 28) == [([56], 1000, ["native-bl"])]

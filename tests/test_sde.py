@@ -425,6 +425,11 @@ def test_band_limited_score_hands_the_network_noise_of_the_law_it_was_trained_on
     expected = prior.multiplier(BL_N0)[:, : BL_N0 // 2 + 1].abs() ** 2 / BL_N0**2
     relative = mode_variances(seen[0]) / expected - 1
     assert relative.abs().max() < 6 * math.sqrt(2 / batch), relative
+    sde.BandLimitedScore(Recorder(), BL_N0, nyquist_gain=1.0)(noise, torch.full((batch,), 0.5, dtype=torch.float64))
+    ratio = mode_variances(seen[1]) / expected
+    nyquist = BL_N0 // 2
+    assert (ratio[nyquist, 1:-1] - 2).abs().max() < 0.15  # the plain band projection: twice the variance
+    assert (ratio[1:nyquist, 1:-1] - 1).abs().max() < 6 * math.sqrt(2 / batch)
 
 
 class ShrinkTowardsHalf(torch.nn.Module):
