@@ -54,3 +54,37 @@ def test_periodic_grid_channels_use_pixel_centres():
     x = torch.tensor([0.125, 0.375, 0.625, 0.875], dtype=torch.float64)
     assert torch.allclose(grid[0, 0, :, 0], torch.sin(2 * math.pi * x))
     assert torch.allclose(grid[0, 3, 0, :], torch.cos(2 * math.pi * x))
+
+
+def test_checkpoints_with_the_channel_first_spectral_weight_still_load():
+    """The weight moved to a modes-first layout; a state dict in the earlier (in, out, 2m - 1, m, 2)
+    layout loads into the same operator."""
+    torch.manual_seed(0)
+    model = FNO(width=8, modes=5, n_layers=2).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    old_layout = {k: (v.permute(2, 3, 0, 1, 4) if k.endswith("spectral.weight") else v)
+                  for k, v in model.state_dict().items()}
+    assert old_layout["layers.0.spectral.weight"].shape == (8, 8, 9, 5, 2)
+    again = FNO(width=8, modes=5, n_layers=2).double()
+    again.load_state_dict(old_layout)
+    x, t = band_limited_batch(28), torch.tensor([0.3, 0.7], dtype=torch.float64)
+    assert torch.equal(again(x, t), model(x, t))
+
+
+def test_spectral_conv_is_the_mode_by_mode_complex_product():
+    """out_k = sum_i R_io(k) c_k(v_i) on the kept modes, 0 elsewhere: checked against an explicit loop
+    (the output is real, so on the k2 = 0 column only the Hermitian part of R c survives)."""
+    torch.manual_seed(0)
+    layer = SpectralConv2d(2, 3, modes=4).double()
+    v = torch.randn(2, 2, 12, 12, dtype=torch.float64)
+    coef = torch.fft.rfft2(v, norm="forward")
+    weight = torch.view_as_complex(layer.weight.detach())
+    expected = torch.zeros(2, 3, 12, 7, dtype=torch.complex128)
+    for row, k1 in enumerate([0, 1, 2, 3, -3, -2, -1]):
+        for k2 in range(4):
+            expected[:, :, k1 % 12, k2] = torch.einsum("bi,io->bo", coef[:, :, k1 % 12, k2], weight[row, k2])
+    column = expected[:, :, :, 0]
+    expected[:, :, :, 0] = 0.5 * (column + column[:, :, (-torch.arange(12)) % 12].conj())
+    assert torch.allclose(torch.fft.rfft2(layer(v), norm="forward"), expected, atol=1e-12)
