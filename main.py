@@ -69,7 +69,8 @@ class TrainConfig:
                             choices=["constant", "cosine"])
     warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps (0: none)")
     parametrization: str = _opt("noise", "what the network outputs: 'noise' (eta; the score is "
-                                         "a = -g/s net) or 'score' (a = net, the reference)",
+                                         "a = -g/s net), 'score' (a = net, the reference) or 'edm' (a "
+                                         "denoiser with EDM's preconditioning and loss weight)",
                                 choices=list(sde.ScoreModel.PARAMETRIZATIONS))
     lr: float = _opt(1e-3, "Adam learning rate")
     batch_size: int = _opt(64, "training batch size per process; under torchrun the global batch "
@@ -203,7 +204,7 @@ class Run:
         overrides = models.parse_model_args(config.model_arg)
         self.model_kwargs = models.model_kwargs(config.model, config.profile, overrides)
         self.model = sde.ScoreModel(models.build_model(config.model, **self.model_kwargs),
-                                    config.parametrization).to(device)
+                                    config.parametrization, self.prior.pixel_variance()).to(device)
         self.ema = None
         if config.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(

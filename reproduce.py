@@ -121,14 +121,16 @@ def train_run(args, settings, model, prior, seed, folder):
 
 def evaluate_run(args, settings, model, prior, seed, folder, out_json):
     """Evaluate the last checkpoint of a run (EMA weights) at 28 and at 56 in resample and native-bl
-    mode (and the raw native ablation for the profile's native seeds), Euler-Maruyama 200 steps."""
+    mode (and the raw native ablation for the profile's native seeds), with the profile's sampler
+    (Euler-Maruyama 200 steps, the table's protocol, unless it names another)."""
     name = run_name(model, prior, seed)
     run_folder = os.path.join(folder, name)
     native_seeds = args.native_seeds if args.native_seeds is not None else settings["eval"]["native_seeds"]
     native = native_seeds is None or seed in native_seeds
     flags = ["--save_model", run_folder, "--checkpoint", "last", "--upscale", "2",
              "--sample_mode", "resample", "native-bl", *(["native"] if native else []), "--seed", str(seed),
-             "--sampler", "em", "--num_steps", "200",
+             "--sampler", settings["eval"].get("sampler", "em"),
+             "--num_steps", str(settings["eval"].get("num_steps", 200)),
              "--data_root", args.data_root, "--device", args.device, "--progress", str(args.progress),
              "--results_dir", os.path.join(run_folder, "eval"),
              "--num_samples_mmd", str(settings["eval"]["num_samples_mmd"]),

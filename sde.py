@@ -49,6 +49,9 @@ def _per_image(v):
     return v.reshape(-1, 1, 1, 1)
 
 
+SIGMA_DATA = 0.28  # pixel standard deviation of the training images (blurred MNIST at 28: 0.284)
+
+
 class ScoreModel(nn.Module):
     """The score network a(y, t) built from a raw network `net`.
 
@@ -57,29 +60,61 @@ class ScoreModel(nn.Module):
     1/2 |eta - net(X_t, t)|^2; same objective and optimum a = g Q grad log p_t, but the
     reference parametrization ('score', a = net) asks the network for outputs of size
     g/s ~ 300 at small t, which trains far slower.
+
+    'edm' (Karras et al. 2022's preconditioning, for a prior of pixel variance v at n0): in
+    x~ = y / m, sigma = s / m, the network outputs a denoiser
+        D = c_skip x~ + c_out net(c_in x~, t),   with  sigma_v^2 = v sigma^2,
+        c_skip = sd^2 / (sigma_v^2 + sd^2),  c_out = sigma_v sd / sqrt(sigma_v^2 + sd^2),
+        c_in = 1 / sqrt(sigma_v^2 + sd^2),   sd = SIGMA_DATA,
+    and a = g (m D - y) / s^2 (Tweedie). The noise parametrization's denoiser (y - s net) / m
+    multiplies the network's error by sigma (152 at t = 1); this one keeps it at most sd, and its
+    training loss weighs every t so that the network's own target has unit weight (`loss_weight`).
     """
 
-    PARAMETRIZATIONS = ("noise", "score")
+    PARAMETRIZATIONS = ("noise", "score", "edm")
 
-    def __init__(self, net, parametrization="noise"):
+    def __init__(self, net, parametrization="noise", noise_variance=1.0, sigma_data=SIGMA_DATA):
         super().__init__()
         if parametrization not in self.PARAMETRIZATIONS:
-            raise ValueError(f"unknown parametrization {parametrization!r}: expected 'noise' or 'score'")
+            raise ValueError(f"unknown parametrization {parametrization!r}: expected one of "
+                             f"{', '.join(self.PARAMETRIZATIONS)}")
         self.net, self.parametrization = net, parametrization
+        self.noise_variance, self.sigma_data = float(noise_variance), float(sigma_data)
+
+    def preconditioning(self, t):
+        """(c_in, c_skip, c_out) of the 'edm' parametrization at times t, per image."""
+        sigma2 = _per_image(sigma_of_t(t)) ** 2 * self.noise_variance
+        total = sigma2 + self.sigma_data**2
+        return total.rsqrt(), self.sigma_data**2 / total, sigma2.sqrt() * self.sigma_data / total.sqrt()
 
     def forward(self, y, t):
+        if self.parametrization == "edm":
+            m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
+            c_in, c_skip, c_out = self.preconditioning(t)
+            x = y / m
+            denoised = c_skip * x + c_out * self.net(c_in * x, t).to(y.dtype)
+            return g * (m * denoised - y) / s**2
         out = self.net(y, t).to(y.dtype)  # under autocast the net may answer in bfloat16
         if self.parametrization == "score":
             return out
         t = t.to(out.dtype)
         return -(beta(t).sqrt() / noise_std(t)).reshape(-1, 1, 1, 1) * out
 
+    def loss_weight(self, t):
+        """Per-image weight of the denoising loss 1/2 |a s / g + eta|^2 = 1/2 |D - X_0|^2 / sigma^2:
+        1, except for 'edm', where sigma^2 / c_out^2 makes it 1/2 |net - its target|^2."""
+        if self.parametrization != "edm":
+            return torch.ones_like(t)
+        c_out = self.preconditioning(t)[2].reshape(-1)
+        return sigma_of_t(t) ** 2 / c_out**2
+
 
 def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1)):
     """Denoising score-matching loss, summed over pixels, averaged over the batch.
 
     t ~ U(t_eps, 1) per image, eta = A z, X_t = m X_0 + s eta,
-    loss = mean_batch 1/2 sum_pixels (a(X_t, t) s / g + eta)^2.
+    loss = mean_batch w(t) 1/2 sum_pixels (a(X_t, t) s / g + eta)^2, w = the model's
+    `loss_weight(t)` (1 but for the 'edm' parametrization).
     Random numbers come from `generator` on the CPU (same on every device).
     shard=(rank, world): x0 is slice `rank` of a global batch of world * len(x0) images;
     t and eta are drawn for the whole global batch (the generator is shared by all
@@ -94,7 +129,9 @@ def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1)):
     m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
     x_t = m * x0 + s * eta
     residual = score_net(x_t, t) * s / g + eta
-    return 0.5 * residual.pow(2).flatten(1).sum(1).mean()
+    model = getattr(score_net, "module", score_net)  # DistributedDataParallel wraps the ScoreModel
+    weight = model.loss_weight(t) if hasattr(model, "loss_weight") else torch.ones_like(t)
+    return 0.5 * (weight * residual.pow(2).flatten(1).sum(1)).mean()
 
 
 def _draw_noise(prior, shape, noise_grid, generator, device):

@@ -118,7 +118,7 @@ def restore(state, device, weights="ema"):
     prior = priors.prior_from_config(state["prior_config"])
     prior.load_state_dict(state["prior"])
     net = models.build_model(state["model_name"], **state["model_kwargs"])
-    model = sde.ScoreModel(net, state["config"]["parametrization"])
+    model = sde.ScoreModel(net, state["config"]["parametrization"], prior.pixel_variance())
     if weights == "ema" and state.get("ema") is not None:
         ema_weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         model.load_state_dict(ema_weights)

@@ -71,6 +71,11 @@ class FourierPrior(nn.Module):
     def config(self):
         return {"name": self.name, "n0": self.n0, **self.options()}
 
+    def pixel_variance(self):
+        """Variance of a pixel of A z at n0: (1/n0^2) sum_k |lambda(k)|^2 (each DFT mode of the
+        consistent white noise has variance 1/n0^2 there)."""
+        return float(self.multiplier(self.n0).abs().pow(2).sum() / self.n0**2)
+
     def multiplier(self, n, device=None):
         """lambda on the full n x n DFT grid (FFT order), complex128 on `device`."""
         k = wavenumbers(n).to(torch.float64)

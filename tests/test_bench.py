@@ -64,3 +64,29 @@ def test_resolution_plan_groups_grids_by_sample_count_and_runs_the_ablation_only
         ([84, 112], 250, ["resample", "native-bl", "native"])]
     every = parse_args(["--checkpoints", "a.pt", "--resolutions", "56", "--modes", "native-bl"])
     assert evaluation_plan(every, 28) == [([56], 1000, ["native-bl"])]
+
+
+def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path, monkeypatch, capsys):
+    import bench.compute as compute
+    import reproduce
+    from tests.test_reproduce import TINY_PROFILE
+
+    monkeypatch.setitem(reproduce.PROFILES, "cpu", TINY_PROFILE)
+    argv = ["--models", "unet", "fno", "--budgets", "0.005", "--runs_dir", str(tmp_path / "runs"), "--results",
+            str(tmp_path / "results"), "--data_root", str(tmp_path / "mnist"), "--num_samples", "8",
+            "--num_steps", "2", "--warmup_steps", "2"]
+    compute.main(argv)
+    records = compute.load_records(compute.parse_args(argv))
+    assert sorted(r["model"] for r in records) == ["fno", "unet"]
+    for record in records:
+        assert record["budget_minutes"] == 0.005 and record["train_config"]["minutes"] == 0.005
+        assert record["train_config"]["lr_schedule"] == "cosine" and record["steps"] >= 1
+        assert reproduce.column(record, "resample")["n"] == 8
+    table = (tmp_path / "results" / "compute.md").read_text()
+    assert table.count("| 0.005 |") == 2 and (tmp_path / "results" / "compute.png").exists()
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(reproduce, "train_run", never)
+    compute.main(argv)

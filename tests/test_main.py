@@ -266,3 +266,13 @@ def test_a_minutes_budget_stops_training_with_a_valid_checkpoint_and_resumes_wit
     assert code == 0, err
     state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
     assert state["step"] == 12 and state["epoch"] == 4
+
+
+def test_an_edm_run_trains_and_samples_from_its_checkpoint(tmp_path, capsys):
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", "--parametrization", "edm", "--prior_name", "lap_conv"),
+                capsys)[0] == 0
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    model, prior, _ = restore(state, torch.device("cpu"))
+    assert model.parametrization == "edm" and model.noise_variance == pytest.approx(prior.pixel_variance())
+    samples = sde.generate(model, prior, 3, 28, seed=0, num_steps=3, show_progress=False, sampler="ancestral")
+    assert samples.shape == (3, 1, 28, 28) and torch.isfinite(samples).all()

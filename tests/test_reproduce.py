@@ -14,7 +14,8 @@ TINY_PROFILE = {
     "models": {"unet": {"n_epochs": 1, "model_arg": ["ch=8", "ch_mult=(1,2)"]},
                "fno": {"n_epochs": 1, "model_arg": ["width=8", "modes=4", "n_layers=2"]},
                "cno": {"n_epochs": 1, "model_arg": ["n_levels=2", "channel_multiplier=4", "lift_channels=4"]}},
-    "eval": {"num_samples_mmd": 10, "num_samples_native": 6, "resample_noise": "n0", "native_seeds": [0]},
+    "eval": {"num_samples_mmd": 10, "num_samples_native": 6, "resample_noise": "n0", "native_seeds": [0],
+             "num_steps": 3},
 }
 
 

@@ -503,3 +503,52 @@ def test_a_finer_grid_always_ends_with_the_denoiser():
     assert not torch.equal(draw("resample", 2 * N0, False), draw("resample", 2 * N0, True))
     for mode in ("native", "native-bl"):
         assert torch.equal(draw(mode, 2 * N0, False), draw(mode, 2 * N0, True))
+
+
+def edm_coefficients(t, v, sd=sde.SIGMA_DATA):
+    """EDM's c_in, c_skip, c_out written out here for sigma_v^2 = v sigma(t)^2."""
+    sigma = torch.sqrt(torch.expm1(t**2 * 19.9 / 2 + 0.1 * t)).reshape(-1, 1, 1, 1)
+    total = v * sigma**2 + sd**2
+    return 1 / total.sqrt(), sd**2 / total, (v * sigma**2).sqrt() * sd / total.sqrt(), sigma
+
+
+@pytest.mark.parametrize("prior_name", ["standard", "lap_conv"])
+def test_edm_parametrization_with_the_ideal_output_is_the_exact_score(prior_name, generator):
+    """For data = the constant c the ideal denoiser is c, so the ideal network output is
+    F* = (c - c_skip x~) / c_out of its input c_in x~: the score is then exactly the point mass's
+    and the denoising loss is 0."""
+    prior = build_prior(prior_name, N0)
+    v = prior.pixel_variance()
+
+    class Ideal(torch.nn.Module):
+        def forward(self, u, t):
+            c_in, c_skip, c_out, _ = edm_coefficients(t, v)
+            return (0.3 - c_skip * u / c_in) / c_out
+
+    model = sde.ScoreModel(Ideal(), "edm", v)
+    y = torch.randn(4, 1, N0, N0, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.2, 0.6, 1.0], dtype=torch.float64)
+    assert torch.allclose(model(y, t), PointMassScore(0.3)(y, t), rtol=1e-8, atol=1e-8)
+    x0 = torch.full((6, 1, N0, N0), 0.3, dtype=torch.float64)
+    assert sde.dsm_loss(model, x0, prior, generator).item() < 1e-12
+
+
+def test_edm_loss_gives_the_network_target_unit_weight_at_every_t():
+    """With a constant output F the loss is 1/2 mean_batch |F - F*|^2 (summed over pixels),
+    F* = (X_0 - c_skip x~) / c_out the network's target, x~ = X_t / m."""
+    class Constant(torch.nn.Module):
+        def forward(self, u, t):
+            return torch.full_like(u, 0.25)
+
+    prior = build_prior("matern", N0)
+    v = prior.pixel_variance()
+    x0 = torch.rand(5, 1, N0, N0, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss = sde.dsm_loss(sde.ScoreModel(Constant(), "edm", v), x0, prior, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    t = sde.T_EPS + (1 - sde.T_EPS) * torch.rand(5, generator=gen, dtype=torch.float32).double()
+    eta = prior.sample(x0.shape, gen, dtype=torch.float64)
+    _, c_skip, c_out, sigma = edm_coefficients(t, v)
+    x_tilde = x0 + sigma * eta  # X_t / m
+    target = (x0 - c_skip * x_tilde) / c_out
+    expected = 0.5 * (0.25 - target).pow(2).flatten(1).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

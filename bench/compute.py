@@ -1,0 +1,171 @@
+"""Quality against compute: each network trained for a wall-clock budget, scored at n = 1000.
+
+    python bench/compute.py --data_root ~/mnist --budgets 5 10 20 40 80 --commit
+
+For every network and budget B (minutes of training on this machine), main.py trains the CPU
+profile's size of the network with `--minutes B` (the run stops at the budget with a validated
+checkpoint, and the cosine learning-rate schedule spans the budget), seed 0, the `standard`
+prior, full MNIST. Each run is then scored by test.py at n0 = 28 and at 56 (resample mode, the
+n0 samples interpolated) at n = --num_samples against MNIST test, with the Frechet distance,
+and its record is written to results/compute/NAME.json. results/compute.md (one row per run,
+floors at the same n) and results/compute.png (MMD at 28 against minutes, log-log, a line per
+network, the real-vs-real floor as a band) are rebuilt after every run. Finished runs are
+skipped, interrupted ones resume (reproduce.py's machinery). A budget is wall-clock time, so
+it depends on the machine: every record names its host and the steps it reached.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import reproduce  # noqa: E402
+from utils import UserError, run_main, versions  # noqa: E402
+
+
+def settings_for(args, budget):
+    """reproduce.py's settings for one budget: the CPU profile's sizes, a time budget, this sampler."""
+    cpu = reproduce.PROFILES["cpu"]
+    train = {**cpu["train"], "lr_schedule": args.lr_schedule, "warmup_steps": args.warmup_steps,
+             "val_every": 0}
+    models = {name: {**cpu["models"][name], "n_epochs": 10**6, "minutes": float(budget)} for name in args.models}
+    evaluation = {"num_samples_mmd": args.num_samples, "num_samples_native": args.num_samples,
+                  "resample_noise": "n0", "native_seeds": [], "sampler": args.sampler, "num_steps": args.num_steps}
+    return {"train": train, "models": models, "eval": evaluation}
+
+
+def record_path(args, model, budget):
+    return os.path.join(args.results, "compute", f"{model}_{args.prior}_{budget:g}min_s{args.seed}.json")
+
+
+def load_records(args):
+    folder = os.path.join(args.results, "compute")
+    if not os.path.isdir(folder):
+        return []
+    return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+
+
+def row(record):
+    low = reproduce.column(record, "n0")
+    res = reproduce.column(record, "resample") or {}
+    return {"model": record["model"], "minutes": record["budget_minutes"], "steps": record["steps"],
+            "mmd_28": low["mmd"], "floor_28": low["floor_real"], "mmd_56": res.get("mmd"),
+            "floor_56": res.get("floor_real"), "fd_28": low.get("fd"), "fd_floor": low.get("fd_floor"),
+            "n": low["n"], "host": reproduce.hardware(record)}
+
+
+def write_report(args, records, command):
+    rows = sorted((row(r) for r in records), key=lambda r: (r["model"], r["minutes"]))
+    lines = ["# Quality against compute", "",
+             f"Command: `{command}`. Each network at the CPU profile's size, seed {args.seed}, prior "
+             f"`{args.prior}`, full MNIST, trained for the budget (`main.py --minutes B`, cosine schedule to "
+             f"the end of the budget, warm-up {args.warmup_steps} steps), scored by test.py with "
+             f"{args.sampler} {args.num_steps} steps at n = {args.num_samples} against MNIST test; 56 = "
+             f"the 28 samples Fourier-interpolated (resample). Floors: real train vs real test at the same "
+             f"n. torch {versions()['torch']}.", ""]
+    hosts = sorted({r["host"] for r in rows})
+    lines += [f"Hardware: {'; '.join(hosts)}." if hosts else "No run has finished yet.", "",
+              "| model | budget min | steps | MMD 28 | floor 28 | MMD 56 resample | floor 56 | FD 28 | FD floor |",
+              "|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(value, digits=4):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['minutes']:g} | {r['steps']} | {fmt(r['mmd_28'])} | {fmt(r['floor_28'])} | "
+                     f"{fmt(r['mmd_56'])} | {fmt(r['floor_56'])} | {fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} |")
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "compute.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if rows:
+        draw(rows, os.path.join(args.results, "compute.png"))
+
+
+def draw(rows, path):
+    """MMD at 28 against training minutes, log-log, one line per network; the floor as a band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model in sorted({r["model"] for r in rows}):
+        points = sorted((r["minutes"], r["mmd_28"]) for r in rows if r["model"] == model)
+        ax.plot(*zip(*points), marker="o", label=model)
+    floors = [r["floor_28"] for r in rows]
+    low, high = min(floors), max(floors)
+    ax.axhspan(low, high if high > low else low * 1.02, color="gray", alpha=0.3,
+               label=f"real vs real (n = {rows[0]['n']})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("MMD at 28")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=reproduce.MODELS, choices=reproduce.MODELS)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20, 40, 80],
+                        help="training budgets in minutes")
+    parser.add_argument("--prior", default="standard", choices=reproduce.FULL_PRIORS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr_schedule", default="cosine", choices=["constant", "cosine"])
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--sampler", default="ancestral", help="test.py's sampler")
+    parser.add_argument("--num_steps", type=int, default=50, help="sampler steps")
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--data_root", default="./data")
+    parser.add_argument("--runs_dir", default="runs/compute", help="checkpoints (not committed)")
+    parser.add_argument("--results", default="results", help="records in RESULTS/compute, compute.md and .png")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--commit", action="store_true", help="git-commit the results after each run")
+    parser.add_argument("--progress", type=int, default=0, choices=[0, 1])
+    parser.add_argument("--summary_only", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.profile, args.native_seeds = "cpu", []  # what reproduce.py's run functions read
+    command = "python bench/compute.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if any(b <= 0 for b in args.budgets):
+        raise UserError(f"--budgets must be positive minutes, got {args.budgets}")
+    os.makedirs(os.path.join(args.results, "compute"), exist_ok=True)
+    if not args.summary_only:
+        for budget in sorted(args.budgets):  # budget-major: every network has its short runs early
+            settings = settings_for(args, budget)
+            folder = os.path.join(args.runs_dir, f"{budget:g}min")
+            for model in args.models:
+                out = record_path(args, model, budget)
+                if os.path.exists(out):
+                    continue
+                os.makedirs(folder, exist_ok=True)
+                reproduce.train_run(args, settings, model, args.prior, args.seed, folder)
+                reproduce.evaluate_run(args, settings, model, args.prior, args.seed, folder, out)
+                with open(out) as f:
+                    record = json.load(f)
+                record["budget_minutes"] = budget
+                reproduce.write_json(record, out)
+                write_report(args, load_records(args), command)
+                if args.commit:
+                    reproduce.commit_results(args, f"results (compute): {model} {budget:g} min")
+    records = load_records(args)
+    write_report(args, records, command)
+    if records:
+        by_model = {m: [r for r in map(row, records) if r["model"] == m] for m in args.models}
+        for model, rows in by_model.items():
+            if rows:
+                best = min(rows, key=lambda r: r["mmd_28"])
+                print(f"{model}: best MMD 28 {best['mmd_28']:.4f} at {best['minutes']:g} min "
+                      f"(median floor {statistics.median(r['floor_28'] for r in rows):.4f})")
+    print(f"written {os.path.join(args.results, 'compute.md')}")
+
+
+if __name__ == "__main__":
+    run_main(main, "interrupted; finished runs are kept: run the same command again to go on")
