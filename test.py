@@ -28,7 +28,7 @@ import sde
 from mmd import riesz_mmd
 from resample import resample
 from utils import (ArgumentParser, UserError, ensure_writable_dir, load_checkpoint, resolve_device, run_main,
-                   save_grid, timestamp, versions, write_json)
+                   save_grid, save_side_by_side, timestamp, versions, write_json)
 
 
 def build_parser():
@@ -303,6 +303,17 @@ def evaluate(args, state, device, folder, critic=None):
     return rows, refs.test.source
 
 
+def side_by_side(rows, folder):
+    """samples_all_grids.png: the same samples (same seeds) at n0 and on every finer grid, in the
+    first mode sampled there (native-bl before resample before native), side by side."""
+    order = {"n0": 0, "native-bl": 1, "native": 3}
+    first = {}
+    for r in sorted(rows, key=lambda r: order.get(r["mode"], 2)):
+        first.setdefault(r["resolution"], r["grid"])
+    save_side_by_side([os.path.join(folder, first[n]) for n in sorted(first)],
+                      os.path.join(folder, "samples_all_grids.png"))
+
+
 def markdown_table(rows):
     lines = ["| N | mode | n | MMD | MMD n0/N | real-vs-real floor | oracle (Fourier) | oracle (bicubic) "
              "| FD | FD floor | digits 0-9 | sampling s |",
@@ -334,6 +345,7 @@ def main(argv=None):
     print(data_line, flush=True)
     critic, critic_path = load_critic(args.classifier)
     rows, source = evaluate(args, state, device, folder, critic)
+    side_by_side(rows, folder)
     batch_size = args.batch_size or "auto"
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
               "seed": args.seed, "sampler": args.sampler, "num_steps": args.num_steps,

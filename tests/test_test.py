@@ -87,7 +87,14 @@ def test_evaluation_reports_every_mode_with_floors_and_oracles(trained, tmp_path
     assert report["seed"] == 0 and report["versions"]["torch"]
     assert report["batch_size"] == "auto" and report["device"] == "cpu"
     assert {"results.md", "samples_28_native.png", "samples_56_resample.png",
-            "samples_42_native-bl.png"} <= set(os.listdir(results))
+            "samples_42_native-bl.png", "samples_all_grids.png"} <= set(os.listdir(results))
+    from PIL import Image
+
+    panels = [Image.open(results / name) for name in ("samples_28_native.png", "samples_42_native-bl.png",
+                                                       "samples_56_native-bl.png")]
+    height = max(p.height for p in panels)
+    assert Image.open(results / "samples_all_grids.png").size == (
+        sum(p.width * height // p.height for p in panels) + 16, height)  # n0, then native-bl at 42 and 56
     assert "fallback sample, not MNIST test" in (results / "results.md").read_text()
 
 
