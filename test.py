@@ -174,7 +174,7 @@ def data_root_of(args, state):
 
     Default: the root the run was trained on (from the checkpoint). A run trained on MNIST
     files that this root no longer holds is refused rather than scored against the 1,000
-    fallback digits, whose MMD figures are not comparable (about 25% lower at n = 1000).
+    fallback test digits, which are not the protocol's references (see FALLBACK_WARNING).
     """
     trained_on = state["config"].get("data_root", "./data")
     root = args.data_root if args.data_root is not None else trained_on
@@ -369,9 +369,10 @@ def main(argv=None):
     print(f"results in {folder}")
 
 
-FALLBACK_WARNING = (" -- the fallback sample, not MNIST test: its 1,000 test digits give about 25% lower "
-                    "MMD than MNIST test at n = 1000, so these figures are not comparable with figures "
-                    "against MNIST test")
+FALLBACK_WARNING = (" -- the fallback sample, not MNIST test: its 1,000 test digits are one fixed set "
+                    "(every draw of n = 1,000 is the same images, so the spread over reference draws is "
+                    "hidden), not the protocol's references; compare these figures only with figures "
+                    "against the same fallback")
 
 
 if __name__ == "__main__":
