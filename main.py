@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 import data
 import models
+import models.fno as fno_layout
 import priors
 import sde
 from mmd import riesz_mmd
@@ -53,8 +54,8 @@ class TrainConfig:
     matern_c: float = _opt(4 * math.pi**2, "shift c > 0 of the matern prior")
     prior_seed: int = _opt(0, "seed of the random multipliers of the fno and combined_conv priors: fixed "
                               "(not --seed), so runs with different --seed share one prior (DESIGN.md 3)")
-    seed: int = _opt(0, "one seed for the data split, prior weights, model init, training noise "
-                        "and validation sampling")
+    seed: int = _opt(0, "one seed (>= 0) for the data split, model init, training noise and "
+                        "validation sampling (the random priors have --prior_seed)")
     subset: int = _opt(0, "1: train on the reference's reduced set (5,000 train + 1,000 "
                           "validation images); 0: all training images", choices=[0, 1])
     train_limit: int = _opt(0, "use only the first N training images of the split (0: all); for "
@@ -141,7 +142,7 @@ def validate(config):
     for name in positive:
         if getattr(config, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(config, name)}")
-    for name in ["train_limit", "val_every", "threads", "sample_batch_size", "warmup_steps"]:
+    for name in ["train_limit", "val_every", "threads", "sample_batch_size", "warmup_steps", "seed"]:
         if getattr(config, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
     if not config.lr > 0 or not math.isfinite(config.lr):
@@ -221,6 +222,15 @@ class Run:
         self.train_seconds = 0.0  # time spent in training steps (validation not counted), for --minutes
         self.data_source, self.train_images = None, None  # where the training images came from, how many
 
+    def _adopt_optimizer_layouts(self):
+        """Adam's moments saved for a parameter whose layout has changed since (the FNO's spectral
+        weight was channel first) are brought into the parameter's layout, as the weight itself is."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                for key, value in self.optimizer.state.get(param, {}).items():
+                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                        self.optimizer.state[param][key] = fno_layout.modes_first(value, param.shape)
+
     @property
     def budget_spent(self):
         return self.config.minutes > 0 and self.train_seconds >= 60 * self.config.minutes
@@ -246,6 +256,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "prior_config": self.prior.config(),
             "data_source": self.data_source,
+            "data_root_abs": os.path.abspath(self.config.data_root),
             "train_images": self.train_images,
             "prior": self.prior.state_dict(),
             "epoch": self.epoch,
@@ -263,8 +274,10 @@ class Run:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._adopt_optimizer_layouts()
         self.prior.load_state_dict(state["prior"])
         self.epoch, self.step = state["epoch"], state["step"]
+        # checkpoints from before the budget existed: the epochs' seconds (validation included)
         self.train_seconds = state.get("train_seconds", sum(float(row["seconds"]) for row in state["history"]))
         self.best_mmd, self.history = state["best_mmd"], list(state["history"])
         self.data_generator.set_state(state["rng"]["data"])
@@ -369,7 +382,7 @@ def validate_run(run, val_low, val_high, folder):
     """
     config, dist = run.config, run.dist
     n0 = config.input_height
-    batch = config.sample_batch_size or sde.auto_batch_size(n0, run.device)
+    batch = sde.sampling_batch_size(config.sample_batch_size or None, n0, run.device)
     mine = sde.generate(run.sampling_model, run.prior, len(val_low), n0, upscale=1,
                         seed=config.seed, batch_size=batch, num_steps=config.num_steps,
                         device=run.device, desc=f"validation samples {n0}x{n0}",
@@ -386,11 +399,16 @@ def validate_run(run, val_low, val_high, folder):
 
 
 def log_row(folder, row):
+    """Append a row to log.csv under its existing header (a log begun by older code keeps its
+    columns; fields it lacks are left out), or start the file with this row's fields."""
     path = os.path.join(folder, "log.csv")
-    new = not os.path.exists(path)
+    fields = list(row)
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f), fields)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if f.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
 
@@ -457,15 +475,21 @@ def check_same_data(state, source, train_images, folder):
                         f"--data_root now gives {source} ({train_images} images): resume with the same data")
 
 
+FRESH_ON_RESUME = ("device", "threads", "progress", "resume", "out_dir")  # this machine's, never the saved
+
+
 def check_resume_flags(config, saved, given):
-    """Flags given now must match the checkpoint, except those that may change on resume."""
+    """Flags given now must match the checkpoint, except those that may change on resume
+    (RESUMABLE_CHANGES); a flag not given takes the saved value (so a run resumed without
+    --minutes keeps its budget), except the few that describe this machine (FRESH_ON_RESUME)."""
     for name, value in saved.items():
-        if name in TrainConfig.RESUMABLE_CHANGES or not hasattr(config, name):
+        if not hasattr(config, name) or name in FRESH_ON_RESUME:
             continue
-        if name in given and getattr(config, name) != value:
+        if name not in given:
+            setattr(config, name, value)
+        elif name not in TrainConfig.RESUMABLE_CHANGES and getattr(config, name) != value:
             raise UserError(f"--{name} {getattr(config, name)} does not match the checkpoint's "
                             f"{value}; drop the flag to resume with the saved value")
-        setattr(config, name, value)
 
 
 def train(config, argv=()):

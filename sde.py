@@ -307,6 +307,15 @@ def auto_batch_size(n, device):
     return max(1, CPU_PIXELS_PER_BATCH // (n * n))
 
 
+def sampling_batch_size(batch_size, grid, device):
+    """The batch `generate` samples with: `batch_size` (None: `auto_batch_size` of the grid the
+    sampler runs on), on a CPU rounded up to a multiple of Blockwise.BLOCK."""
+    batch_size = batch_size or auto_batch_size(grid, device)
+    if torch.device(device or "cpu").type == "cpu":
+        batch_size = Blockwise.BLOCK * math.ceil(batch_size / Blockwise.BLOCK)
+    return batch_size
+
+
 class Blockwise(nn.Module):
     """`net` evaluated on consecutive blocks of BLOCK samples (the last one padded with copies of
     its last sample), for sampling on a CPU.
@@ -409,10 +418,9 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
     grid = n0 if mode == "resample" else n
     tweedie = ends_with_denoiser(tweedie, grid, n0)
     net = BandLimitedScore(score_net, n0) if mode == "native-bl" else score_net
-    batch_size = batch_size or auto_batch_size(grid, device)
+    batch_size = sampling_batch_size(batch_size, grid, device)
     if torch.device(device or "cpu").type == "cpu":
         net = Blockwise(net)
-        batch_size = Blockwise.BLOCK * math.ceil(batch_size / Blockwise.BLOCK)
     was_training = score_net.training
     score_net.eval()
     rank, world = shard

@@ -47,8 +47,8 @@ def build_parser():
                         help="factors K: evaluate on the K*n0 grid for each (n0 is always evaluated); "
                              "default 2 unless --resolution is given")
     parser.add_argument("--resolution", type=int, nargs="+", default=None,
-                        help="grid sizes N >= n0 to evaluate on, any N (odd, not a multiple of n0); "
-                             "with --upscale, both sets")
+                        help="grid sizes N >= n0 to evaluate on, any N (odd ones and non-multiples of "
+                             "n0 included); with --upscale, both sets")
     parser.add_argument("--sample_mode", nargs="+", default=["resample", "native-bl"],
                         choices=[*sde.SAMPLE_MODES, "all"],
                         help="how to sample on a grid finer than n0: 'native-bl' (the band-limited "
@@ -176,7 +176,7 @@ def data_root_of(args, state):
     files that this root no longer holds is refused rather than scored against the 1,000
     fallback test digits, which are not the protocol's references (see FALLBACK_WARNING).
     """
-    trained_on = state["config"].get("data_root", "./data")
+    trained_on = state.get("data_root_abs") or state["config"].get("data_root", "./data")
     root = args.data_root if args.data_root is not None else trained_on
     test = data.load_mnist(root, train=False, quiet=True)
     trained_source = state.get("data_source")
@@ -283,9 +283,11 @@ def evaluate(args, state, device, folder, critic=None):
         grid = f"samples_{resolution}_{mode}.png"
         save_grid(samples[:64], os.path.join(folder, grid), nrow=8)
         grid_on = n0 if mode == "resample" else resolution
+        final_denoiser = sde.ends_with_denoiser(tweedie_flag(args), grid_on, n0)
         return {"resolution": resolution, "upscale": resolution / n0, "mode": label, "n": count,
                 **score(samples, refs, resolution, count, critic), "sample_seconds": seconds, "grid": grid,
-                "ends_with_denoiser": sde.ends_with_denoiser(tweedie_flag(args), grid_on, n0)}
+                "ends_with_denoiser": final_denoiser,
+                "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, final_denoiser)}
 
     base, base_seconds = draw(args.num_samples_mmd, n0, "native")
     rows = [row(base, base_seconds, n0, "native", "n0", args.num_samples_mmd)]

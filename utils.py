@@ -187,6 +187,7 @@ class Distributed:
     """World size, rank and local rank of this process (1, 0, 0 without torchrun)."""
 
     def __init__(self):
+        self.device = torch.device("cpu")  # where the collectives' tensors live (NCCL: the GPU)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -204,6 +205,7 @@ class Distributed:
         if self.active and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
+        self.device = device if device.type == "cuda" else torch.device("cpu")
 
     def barrier(self):
         if self.active:
@@ -213,7 +215,7 @@ class Distributed:
         """Average a float over the processes (identity without torchrun)."""
         if not self.active:
             return value
-        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor)
         return tensor.item() / self.world
 
@@ -221,7 +223,7 @@ class Distributed:
         """The largest of a float over the processes (identity without torchrun)."""
         if not self.active:
             return value
-        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
         return tensor.item()
 

@@ -27,6 +27,14 @@ PROFILES = {
 }
 
 
+def modes_first(tensor, shape):
+    """A spectral weight (or an optimizer moment of it) in the earlier channel-first layout
+    (in, out, 2 modes - 1, modes, 2), brought into the modes-first `shape`."""
+    if tensor.dim() != 5 or tensor.permute(2, 3, 0, 1, 4).shape != shape:
+        raise ValueError(f"a spectral weight of shape {tuple(tensor.shape)} fits neither layout of {tuple(shape)}")
+    return tensor.permute(2, 3, 0, 1, 4).contiguous()
+
+
 class SpectralConv2d(nn.Module):
     """K v: complex weights R(k) on physical modes |k1| < modes, 0 <= k2 < modes.
 
@@ -49,9 +57,8 @@ class SpectralConv2d(nn.Module):
     def _from_channel_first(self, state_dict, prefix, *args):
         """Earlier checkpoints stored the weight as (in, out, 2 modes - 1, modes, 2)."""
         weight = state_dict.get(prefix + "weight")
-        if weight is not None and weight.shape != self.weight.shape and \
-                weight.permute(2, 3, 0, 1, 4).shape == self.weight.shape:
-            state_dict[prefix + "weight"] = weight.permute(2, 3, 0, 1, 4).contiguous()
+        if weight is not None and weight.shape != self.weight.shape:
+            state_dict[prefix + "weight"] = modes_first(weight, self.weight.shape)
 
     def _weights_for(self, m):
         """Complex weights (2m - 1, m, in, out) for the m usable modes (m <= modes) of the current grid."""

@@ -22,16 +22,18 @@ class PerSampleGenerator:
     """A source of white noise in which image i of a batch draws only from its own generator.
 
     Built for samples first .. first + count - 1 of a call with `seed`: sample i's numbers come
-    from numpy's PCG64 seeded with the entropy (seed, i) (a SeedSequence: distinct streams for
-    distinct pairs; torch's CPU generator keeps only 32 bits of a seed), so sample i is a
-    function of (seed, i) alone, whatever the batch size, shard or device of the call. Pass it
-    wherever `FourierPrior.sample` takes a generator; every draw's batch dimension is `count`.
+    from numpy's PCG64 seeded by the SeedSequence of entropy `seed` and spawn key (i,) (distinct
+    streams for distinct pairs, whatever their size; torch's CPU generator keeps only 32 bits of
+    a seed), so sample i is a function of (seed, i) alone, whatever the batch size, shard or
+    device of the call. Pass it wherever `FourierPrior.sample` takes a generator; every draw's
+    batch dimension is `count`.
     """
 
     def __init__(self, seed, first, count):
         if seed < 0:
             raise ValueError(f"a sampling seed must be >= 0, got {seed}")
-        self.generators = [np.random.default_rng([int(seed), i]) for i in range(first, first + count)]
+        self.generators = [np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(i,)))
+                           for i in range(first, first + count)]
 
     def randn(self, shape, dtype=torch.float32):
         if shape[0] != len(self.generators):

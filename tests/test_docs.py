@@ -17,8 +17,15 @@ def slug(heading):
 
 
 def anchors(path):
+    """The anchors of a page's headings (lines starting with # outside code blocks)."""
+    found, in_code = set(), False
     with open(path) as f:
-        return {slug(line.lstrip("#")) for line in f if line.startswith("#")}
+        for line in f:
+            if line.startswith("```"):
+                in_code = not in_code
+            elif line.startswith("#") and not in_code:
+                found.add(slug(line.lstrip("#")))
+    return found
 
 
 @pytest.mark.parametrize("page", PAGES)

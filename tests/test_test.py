@@ -133,7 +133,7 @@ def test_a_run_is_scored_against_its_own_data_root_by_default(tmp_path, capsys):
     assert f"torchvision MNIST under {root} (40 images)" in (tmp_path / "e" / "results.md").read_text()
 
     state = load_checkpoint(str(tmp_path / "runs" / "run" / "best.pt"))
-    state["config"]["data_root"] = str(tmp_path / "gone")
+    state["config"]["data_root"] = state["data_root_abs"] = str(tmp_path / "gone")
     torch.save(state, tmp_path / "moved.pt")
     try:
         run_main(lambda: evaluate_cli.main([*flags, "--save_model", str(tmp_path / "moved.pt")]))
