@@ -73,3 +73,5 @@ def test_split_is_fixed_by_the_seed_and_disjoint():
     assert not set(train_a.tolist()) & set(val_a.tolist())
     full, val = data.split_indices(60000, seed=1, subset=False)
     assert len(full) == 59000 and torch.equal(val, val_a)
+    small_train, small_val = data.split_indices(4000, seed=1, subset=False)  # the fallback: a fifth held out
+    assert len(small_val) == 800 and len(small_train) == 3200

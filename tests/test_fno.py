@@ -88,3 +88,18 @@ def test_spectral_conv_is_the_mode_by_mode_complex_product():
     column = expected[:, :, :, 0]
     expected[:, :, :, 0] = 0.5 * (column + column[:, :, (-torch.arange(12)) % 12].conj())
     assert torch.allclose(torch.fft.rfft2(layer(v), norm="forward"), expected, atol=1e-12)
+
+
+def test_a_modes_first_state_dict_loads_as_it_is_and_a_foreign_weight_is_refused():
+    from models.fno import modes_first
+
+    torch.manual_seed(0)
+    model = FNO(width=8, modes=5, n_layers=2).double()
+    again = FNO(width=8, modes=5, n_layers=2).double()
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(again.layers[0].spectral.weight, model.layers[0].spectral.weight)
+    with pytest.raises(ValueError, match="fits neither layout"):
+        modes_first(torch.zeros(8, 8, 7, 5, 2), (9, 5, 8, 8, 2))  # 2 modes - 1 = 7 rows: another size
+    with pytest.raises(ValueError, match="fits neither layout"):
+        modes_first(torch.zeros(9, 5, 8, 8), (9, 5, 8, 8, 2))
+

@@ -257,3 +257,24 @@ def test_pixel_variance_is_the_variance_of_a_draw_at_n0(name, options, generator
     assert prior.pixel_variance() == pytest.approx(draws.var().item(), rel=0.04)
     if name in ("standard", "matern"):
         assert prior.pixel_variance() == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("name,options", ALL)
+def test_every_prior_round_trips_through_its_config(name, options):
+    """prior_from_config(prior.config()) (what a checkpoint stores) is the same operator, on any grid."""
+    prior = build_prior(name, N0, **options)
+    again = prior_from_config(prior.config())
+    again.load_state_dict(prior.state_dict())
+    assert again.config() == prior.config()
+    for n in (N0, 42):
+        assert torch.equal(again.multiplier(n), prior.multiplier(n))
+
+
+def test_a_moved_or_cast_prior_rebuilds_its_cached_multipliers(generator):
+    prior = build_prior("lap_conv", N0)
+    z = torch.randn(2, 1, N0, N0, generator=generator)
+    single = prior.apply(z)
+    prior.double()
+    double = prior.apply(z.double())
+    assert double.dtype == torch.float64 and torch.allclose(double, single.double(), atol=1e-5)
+    assert all(key[2] == torch.float64 for key in prior._cache)  # the float32 entry was dropped

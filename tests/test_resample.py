@@ -32,10 +32,16 @@ def test_fourier_upsampling_keeps_the_coarse_samples_at_odd_factors(generator):
 
 
 def test_bicubic_uses_the_same_pixel_centres():
-    """A linear ramp in the interior is resampled exactly by both methods."""
+    """A linear ramp in the interior is resampled exactly by both methods; batches and channels
+    pass through, and a (H, W) size gives that grid."""
     u = band_limited(28, modes=((1, 0, 0.0),))
     assert torch.allclose(bicubic_resample(u[None], 56)[0, 20:36, 20:36],
                           band_limited(56, modes=((1, 0, 0.0),))[20:36, 20:36], atol=2e-3)
+    batch = torch.stack([u, 2 * u, -u]).reshape(3, 1, 28, 28).repeat(1, 2, 1, 1)
+    out = bicubic_resample(batch, 56)
+    assert out.shape == (3, 2, 56, 56)
+    assert torch.allclose(out[1, 1], 2 * out[0, 0]) and torch.allclose(out[2, 0], -out[0, 1])
+    assert bicubic_resample(batch, (20, 30)).shape == (3, 2, 20, 30)
 
 
 def test_truncated_white_noise_is_white_noise_of_the_coarse_grid(generator):

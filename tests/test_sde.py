@@ -552,3 +552,10 @@ def test_edm_loss_gives_the_network_target_unit_weight_at_every_t():
     target = (x0 - c_skip * x_tilde) / c_out
     expected = 0.5 * (0.25 - target).pow(2).flatten(1).sum(1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_interleave_shards_rebuilds_the_order_of_one_process():
+    whole = torch.arange(11.0).reshape(11, 1, 1, 1)
+    batch, world = 2, 3
+    parts = [torch.cat([whole[b * batch:(b + 1) * batch] for b in range(rank, 6, world)]) for rank in range(world)]
+    assert torch.equal(sde.interleave_shards(parts, batch), whole)
