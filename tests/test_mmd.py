@@ -64,3 +64,35 @@ def test_mmd_is_nonnegative_and_grows_with_separation(generator):
 def test_mmd_refuses_mismatched_sets():
     with pytest.raises(ValueError, match="differ in size"):
         riesz_mmd(torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 5, 5))
+
+
+def exact_energy(x, y):
+    """The V-statistic from all pairwise distances in float64, written out here (not mmd.py's code)."""
+    a = x.reshape(len(x), -1).double().clamp(0, 1)
+    b = y.reshape(len(y), -1).double().clamp(0, 1)
+
+    def mean_distance(p, q):
+        return (p[:, None, :] - q[None, :, :]).pow(2).sum(-1).sqrt().mean()
+
+    return float(mean_distance(a, b) - 0.5 * mean_distance(a, a) - 0.5 * mean_distance(b, b))
+
+
+def test_mmd_clamps_to_the_unit_range_and_works_in_float64_from_float32_inputs(generator):
+    """Inputs outside [0, 1] are clamped (as the protocol says), and float32 images are scored in
+    float64 from the start: agreement with an independent float64 computation to 1e-10."""
+    x = (1.6 * torch.rand(40, 1, 8, 8, generator=generator) - 0.3).float()  # a third outside [0, 1]
+    y = torch.rand(30, 1, 8, 8, generator=generator).float()
+    assert riesz_mmd(x, y) == pytest.approx(exact_energy(x, y), rel=1e-10)
+    assert riesz_mmd(x, y) == pytest.approx(riesz_mmd(x.clamp(0, 1), y), rel=1e-12)
+
+
+def test_mmd_of_single_images_and_refusals():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    y = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    assert riesz_mmd(x, y) == pytest.approx(0.5 * 4)  # |x - y| = 0.5 sqrt(16), no within-set spread
+    with pytest.raises(ValueError, match="non-empty"):
+        riesz_mmd(x[:0], y)
+    with pytest.raises(ValueError, match="non-empty"):
+        riesz_mmd(x, y[:0])
+    with pytest.raises(ValueError, match=r"differ in size \(\(1, 4, 4\) vs \(1, 5, 5\)\)"):
+        riesz_mmd(x, torch.zeros(2, 1, 5, 5))

@@ -559,3 +559,11 @@ def test_interleave_shards_rebuilds_the_order_of_one_process():
     batch, world = 2, 3
     parts = [torch.cat([whole[b * batch:(b + 1) * batch] for b in range(rank, 6, world)]) for rank in range(world)]
     assert torch.equal(sde.interleave_shards(parts, batch), whole)
+
+
+def test_automatic_sampling_batch_is_a_pixel_budget_on_a_cpu_and_1000_on_a_gpu():
+    assert sde.auto_batch_size(28, "cpu") == 64 and sde.auto_batch_size(56, "cpu") == 16
+    assert sde.auto_batch_size(300, None) == 1  # never 0
+    assert sde.auto_batch_size(28, "cuda") == 1000
+    assert sde.sampling_batch_size(7, 28, "cpu") == 16 and sde.sampling_batch_size(None, 56, "cpu") == 16
+    assert sde.sampling_batch_size(7, 28, "cuda") == 7
