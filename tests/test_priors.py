@@ -87,6 +87,12 @@ def test_combined_prior_is_the_sum_of_its_parts():
     combined = build_prior("combined_conv", N0, prior_seed=4)
     parts = build_prior("fno", N0, prior_seed=4).multiplier(N0) + build_prior("lap_conv", N0).multiplier(N0)
     assert torch.allclose(combined.multiplier(N0), parts)
+    default = build_prior("combined_conv", N0)  # the defaults of its parts: prior seed 0, stencil, finite DC
+    assert torch.equal(default.multiplier(N0), build_prior("fno", N0).multiplier(N0)
+                       + build_prior("lap_conv", N0).multiplier(N0))
+    zero_dc = build_prior("combined_conv", N0, dc="zero", laplacian="spectral")
+    assert torch.equal(zero_dc.multiplier(56), build_prior("fno", N0).multiplier(56)
+                       + build_prior("lap_conv", N0, dc="zero", laplacian="spectral").multiplier(56))
 
 
 @pytest.mark.parametrize("name,options", ALL)
