@@ -50,3 +50,13 @@ def test_truncated_white_noise_is_white_noise_of_the_coarse_grid(generator):
     coarse = truncate_noise(fine, 6)
     mode_variance = torch.fft.fft2(coarse).abs().pow(2).mean(0) / 36
     assert torch.allclose(mode_variance, torch.ones(6, 6, dtype=torch.float64), atol=0.05)
+
+
+def test_resample_dispatches_to_fourier_by_default_and_to_bicubic_and_names_the_choices(generator):
+    from resample import resample
+
+    u = torch.rand(2, 1, 12, 12, generator=generator, dtype=torch.float64)
+    assert torch.equal(resample(u, 20), fourier_resample(u, 20))
+    assert torch.equal(resample(u, 20, "bicubic"), bicubic_resample(u, 20))
+    with pytest.raises(ValueError, match="^unknown resampling method 'nearest': expected 'fourier' or 'bicubic'$"):
+        resample(u, 20, "nearest")

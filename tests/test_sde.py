@@ -567,3 +567,69 @@ def test_automatic_sampling_batch_is_a_pixel_budget_on_a_cpu_and_1000_on_a_gpu()
     assert sde.auto_batch_size(28, "cuda") == 1000
     assert sde.sampling_batch_size(7, 28, "cpu") == 16 and sde.sampling_batch_size(None, 56, "cpu") == 16
     assert sde.sampling_batch_size(7, 28, "cuda") == 7
+
+
+def test_generate_defaults_and_refusals():
+    """Without upscale or resolution: the training grid; seed 0, 200 steps by default; bad modes,
+    samplers and coarser grids are refused with messages that name the choices."""
+    prior = build_prior("standard", 8)
+    default = sde.generate(dummy_net(), prior, 2, 8, show_progress=False)
+    assert default.shape == (2, 1, 8, 8)
+    assert torch.equal(default, sde.generate(dummy_net(), prior, 2, 8, seed=0, num_steps=200, show_progress=False))
+    with pytest.raises(ValueError, match="^unknown sample mode 'x': expected one of native-bl, resample, native$"):
+        sde.generate(dummy_net(), prior, 2, 8, mode="x")
+    with pytest.raises(ValueError, match=r"^unknown sampler 'rk4': expected one of \['em', 'heun', 'ancestral'\]$"):
+        sde.generate(dummy_net(), prior, 2, 8, sampler="rk4")
+    with pytest.raises(ValueError, match="^the output grid 6 is coarser than the training grid 8$"):
+        sde.generate(dummy_net(), prior, 2, 8, resolution=6)
+
+
+def test_a_shard_samples_only_its_batches():
+    prior = build_prior("standard", 8)
+    whole = sde.generate(dummy_net(), prior, 40, 8, seed=3, batch_size=16, num_steps=3, show_progress=False)
+    parts = [sde.generate(dummy_net(), prior, 40, 8, seed=3, batch_size=16, num_steps=3, show_progress=False,
+                          shard=(rank, 2)) for rank in range(2)]
+    assert [len(p) for p in parts] == [16 + 8, 16]  # batches 0 and 2, then batch 1
+    assert torch.equal(sde.interleave_shards(parts, 16), whole)
+
+
+def test_the_loss_draws_t_uniformly_from_t_eps_to_1_and_slices_its_shard_of_the_global_batch():
+    """t = t_eps + (1 - t_eps) U per image of the global batch; rank r of W takes images r B .. (r + 1) B - 1
+    of t and of the noise, so the ranks' losses average to the one-process loss of the global batch."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, y, t):
+            seen.append(t.clone())
+            return torch.tanh(y) * (1 + t.reshape(-1, 1, 1, 1))
+
+    prior = build_prior("lap_conv", 8)
+    x0 = torch.rand(6, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = sde.dsm_loss(Recorder(), x0, prior, torch.Generator().manual_seed(5))
+    expected_t = sde.T_EPS + (1 - sde.T_EPS) * torch.rand(6, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(seen[0], expected_t.double(), rtol=0, atol=1e-12)
+    shards = [sde.dsm_loss(Recorder(), x0[2 * r:2 * r + 2], prior, torch.Generator().manual_seed(5), shard=(r, 3))
+              for r in range(3)]
+    assert torch.equal(torch.cat(seen[1:]), seen[0])
+    assert sum(s.item() for s in shards) / 3 == pytest.approx(whole.item(), rel=1e-12)
+
+
+def test_the_loss_reads_the_weight_of_a_wrapped_model_as_distributed_data_parallel_wraps_it():
+    class Constant(torch.nn.Module):
+        def forward(self, u, t):
+            return torch.full_like(u, 0.25)
+
+    class Wrapper(torch.nn.Module):  # DistributedDataParallel's shape: the model under .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, y, t):
+            return self.module(y, t)
+
+    prior = build_prior("lap_conv", 8)
+    model = sde.ScoreModel(Constant(), "edm", prior.pixel_variance())
+    x0 = torch.rand(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    direct = sde.dsm_loss(model, x0, prior, torch.Generator().manual_seed(1))
+    wrapped = sde.dsm_loss(Wrapper(model), x0, prior, torch.Generator().manual_seed(1))
+    assert wrapped.item() == pytest.approx(direct.item(), rel=1e-12)
