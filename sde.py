@@ -195,7 +195,8 @@ def t_of_sigma(sigma):
 
 def sigma_grid(num_steps, sigma_max, sigma_min=SIGMA_MIN, rho=SIGMA_RHO):
     """sigma_0 = sigma_max > .. > sigma_{N-1} = sigma_min, uniform in sigma^(1/rho), then sigma_N = 0."""
-    fraction = torch.linspace(0, 1, num_steps, dtype=torch.float64) if num_steps > 1 else torch.zeros(1)
+    one = num_steps == 1  # a grid of one step: sigma_max alone (linspace would need two points)
+    fraction = torch.zeros(1, dtype=torch.float64) if one else torch.linspace(0, 1, num_steps, dtype=torch.float64)
     inner = (sigma_max ** (1 / rho) + fraction * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
 

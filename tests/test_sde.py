@@ -6,7 +6,7 @@ import torch
 import sde
 from models import build_model
 from priors import PerSampleGenerator, build_prior
-from resample import fourier_resample
+from resample import bicubic_resample, fourier_resample
 
 N0 = 28
 
@@ -176,7 +176,7 @@ def test_noise_parametrization_turns_the_loss_into_noise_regression(generator):
     eta = prior.sample(x0.shape, gen, dtype=torch.float64)
     assert loss.item() == pytest.approx(0.5 * (eta - 0.25).pow(2).flatten(1).sum(1).mean().item(), rel=1e-9)
     assert torch.equal(sde.ScoreModel(Constant(), "score")(x0, torch.rand(5)), torch.full_like(x0, 0.25))
-    with pytest.raises(ValueError, match="parametrization"):
+    with pytest.raises(ValueError, match="^unknown parametrization 'velocity': expected one of noise, score, edm$"):
         sde.ScoreModel(Constant(), "velocity")
 
 
@@ -633,3 +633,52 @@ def test_the_loss_reads_the_weight_of_a_wrapped_model_as_distributed_data_parall
     direct = sde.dsm_loss(model, x0, prior, torch.Generator().manual_seed(1))
     wrapped = sde.dsm_loss(Wrapper(model), x0, prior, torch.Generator().manual_seed(1))
     assert wrapped.item() == pytest.approx(direct.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_sigma_grid_is_karras_rho_7_from_sigma_max_to_sigma_min_then_zero(steps):
+    grid = sde.sigma_grid(steps, 80.0)
+    assert grid.dtype == torch.float64 and len(grid) == steps + 1 and grid[-1] == 0
+    i = torch.arange(steps, dtype=torch.float64)
+    fraction = i / (steps - 1) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    expected = (80.0 ** (1 / 7) + fraction * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+    assert torch.allclose(grid[:-1], expected, rtol=1e-12)
+    assert sde.SIGMA_MIN == 0.002 and sde.SIGMA_RHO == 7.0
+
+
+@pytest.mark.parametrize("sampler", ["heun", "ancestral"])
+def test_sigma_grid_samplers_step_counts_and_clamp(sampler):
+    prior = build_prior("standard", 8)
+    score = GaussianScore(0.4, 0.0)
+    run = sde.SAMPLERS[sampler]
+    one = run(score, prior, (2, 1, 8, 8), 1, torch.Generator().manual_seed(0), clamp=False, tweedie=True)
+    assert torch.allclose(one, torch.full_like(one, 0.4), atol=1e-5)  # one step: straight to the denoiser
+    two = run(score, prior, (2, 1, 8, 8), 2, torch.Generator().manual_seed(0), clamp=False, tweedie=False)
+    assert two.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=f"^{sampler}_?\\w* needs num_steps >= 1 with the final denoiser, >= 2 without$"):
+        run(score, prior, (2, 1, 8, 8), 1, torch.Generator().manual_seed(0), tweedie=False)
+    far = GaussianScore(1.7, 0.0)  # a point mass outside [0, 1]: the clamp must act
+    raw = run(far, prior, (2, 1, 8, 8), 3, torch.Generator().manual_seed(0), clamp=False)
+    clamped = run(far, prior, (2, 1, 8, 8), 3, torch.Generator().manual_seed(0))
+    assert raw.min() > 1.5 and torch.equal(clamped, raw.clamp(0, 1))
+
+
+def test_generate_interpolates_resample_mode_as_asked_and_returns_an_empty_batch_for_no_samples():
+    prior = build_prior("standard", 8)
+    kwargs = dict(seed=1, num_steps=3, show_progress=False, resolution=20, mode="resample")
+    bicubic = sde.generate(dummy_net(), prior, 3, 8, interp="bicubic", **kwargs)
+    at_n0 = torch.cat([sde.euler_maruyama(dummy_net(), prior, (1, 1, 8, 8), 3, PerSampleGenerator(1, i, 1),
+                                          noise_grid=20) for i in range(3)])  # the noise drawn at 20, truncated
+    assert torch.allclose(bicubic, bicubic_resample(at_n0, 20).clamp(0, 1), atol=1e-6)
+    assert not torch.allclose(bicubic, sde.generate(dummy_net(), prior, 3, 8, **kwargs))
+    assert sde.generate(dummy_net(), prior, 0, 8, resolution=20, show_progress=False).shape == (0, 1, 20, 20)
+
+
+def test_edm_defaults_to_unit_noise_variance():
+    class Net(torch.nn.Module):
+        def forward(self, u, t):
+            return torch.sin(u)
+
+    y, t = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([0.3, 0.8], dtype=torch.float64)
+    assert torch.equal(sde.ScoreModel(Net(), "edm")(y, t), sde.ScoreModel(Net(), "edm", 1.0)(y, t))
+    assert not torch.equal(sde.ScoreModel(Net(), "edm", 0.5)(y, t), sde.ScoreModel(Net(), "edm")(y, t))
