@@ -33,36 +33,52 @@ def run_label(path):
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
+def finished_reports(args, path, count):
+    """[(report, folder)]: this checkpoint's finished evaluations in --work_dir at this n and sampler."""
+    prefix = f"{run_label(path)}_n{count}_{args.sampler}{args.num_steps}_"
+    found = []
+    for name in sorted(os.listdir(args.work_dir)) if os.path.isdir(args.work_dir) else []:
+        report = os.path.join(args.work_dir, name, "results.json")
+        if name.startswith(prefix) and os.path.exists(report):
+            found.append((json.load(open(report)), os.path.join(args.work_dir, name)))
+    return found
+
+
+def holds(report, resolutions, modes):
+    """True when a test.py report has a row for every (grid, mode) asked for."""
+    rows = {(r["resolution"], r["mode"]) for r in report["results"]}
+    wanted = {("resample-fourier" if m == "resample" else m) for m in modes}
+    return all((n, m) in rows for n in resolutions for m in wanted)
+
+
 def evaluate(args, path, resolutions, count, modes):
-    """test.py on `path` at these resolutions in these modes, `count` samples a row (kept and reused)."""
+    """test.py on `path` at these resolutions in these modes, `count` samples a row. A finished
+    evaluation of the same checkpoint, n and sampler that holds these rows is reused."""
+    for report, folder in finished_reports(args, path, count):
+        if holds(report, resolutions, modes):
+            return report, folder
     folder = os.path.join(args.work_dir, f"{run_label(path)}_n{count}_{args.sampler}{args.num_steps}_"
-                                         f"{'-'.join(m.replace('native-bl', 'bl') for m in modes)}")
-    report = os.path.join(folder, "results.json")
-    done = json.load(open(report)) if os.path.exists(report) else None
-    if done is None or not set(resolutions) <= {r["resolution"] for r in done["results"]}:
-        if done is not None:  # asked for more grids than it holds: evaluate again, beside it
-            folder += "_" + "-".join(map(str, resolutions))
-            report = os.path.join(folder, "results.json")
-        if not os.path.exists(report):
-            evaluation.main(["--save_model", path, "--checkpoint", "last", "--resolution", *map(str, resolutions),
-                             "--sample_mode", *modes, "--num_samples_mmd", str(count),
-                             "--seed", str(args.seed), "--device", args.device, "--results_dir", folder,
-                             "--resample_noise", "fine", "--sampler", args.sampler, "--num_steps",
-                             str(args.num_steps), "--progress", str(args.progress),
-                             *(["--data_root", args.data_root] if args.data_root else [])])
-        done = json.load(open(report))
-    return done, folder
+                                         f"{'-'.join(m.replace('native-bl', 'bl') for m in modes)}_"
+                                         f"{'-'.join(map(str, resolutions))}")
+    evaluation.main(["--save_model", path, "--checkpoint", "last", "--resolution", *map(str, resolutions),
+                     "--sample_mode", *modes, "--num_samples_mmd", str(count),
+                     "--seed", str(args.seed), "--device", args.device, "--results_dir", folder,
+                     "--resample_noise", "fine", "--sampler", args.sampler, "--num_steps",
+                     str(args.num_steps), "--progress", str(args.progress),
+                     *(["--data_root", args.data_root] if args.data_root else [])])
+    return json.load(open(os.path.join(folder, "results.json"))), folder
 
 
-def evaluation_plan(args, n0):
+def evaluation_plan(args, n0, resolutions=None):
     """[(grids, n, modes)]: one test.py call per sample count and mode set. Grids N <= 2 n0 get
     --num_samples, finer ones --num_samples_fine; the raw native ablation runs only on
     --native_resolutions (default: every grid)."""
-    native_on = set(args.resolutions if args.native_resolutions is None else args.native_resolutions)
+    resolutions = args.resolutions if resolutions is None else resolutions
+    native_on = set(resolutions if args.native_resolutions is None else args.native_resolutions)
     with_native, without = list(args.modes), [m for m in args.modes if m != "native"]
     plan = []
-    for grids, count in (([n for n in args.resolutions if n <= 2 * n0], args.num_samples),
-                         ([n for n in args.resolutions if n > 2 * n0], args.num_samples_fine)):
+    for grids, count in (([n for n in resolutions if n <= 2 * n0], args.num_samples),
+                         ([n for n in resolutions if n > 2 * n0], args.num_samples_fine)):
         for modes, chosen in ((without, [n for n in grids if n not in native_on]),
                               (with_native, [n for n in grids if n in native_on])):
             if chosen and modes:
@@ -144,6 +160,9 @@ def parse_args(argv=None):
                         help="grids N (any N > n0; e.g. 42 50 56 84 112)")
     parser.add_argument("--modes", nargs="+", default=["resample", "native-bl", "native"],
                         choices=list(sde.SAMPLE_MODES), help="sample modes of test.py")
+    parser.add_argument("--best_resolutions", type=int, nargs="*", default=[],
+                        help="more grids (e.g. 42 50), evaluated after --resolutions only for the run with the "
+                             "lowest MMD at n0 under each prior")
     parser.add_argument("--native_resolutions", type=int, nargs="+", default=None,
                         help="grids on which the raw native ablation runs too (default: all of --resolutions)")
     parser.add_argument("--num_samples", type=int, default=1000, help="samples (and test images) for N <= 2 n0")
@@ -159,21 +178,45 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def best_per_prior(rows, names, count):
+    """{prior: run name} of the run with the lowest MMD at n0 (n = count) under each prior."""
+    best = {}
+    for r in rows:
+        if r["mode"] == "n0" and r["n"] == count and r["run"] in names:
+            prior = r["run"].split(" / ", 1)[1]
+            if prior not in best or r["mmd"] < best[prior]["mmd"]:
+                best[prior] = r
+    return {prior: r["run"] for prior, r in best.items()}
+
+
+def study_checkpoint(args, path, n0, resolutions, rows):
+    """Evaluate one checkpoint on these grids (as evaluation_plan splits them) and add its rows."""
+    for grids, count, modes in evaluation_plan(args, n0, resolutions):
+        report, folder = evaluate(args, path, grids, count, modes)
+        seen = {(r["run"], r["N"], r["mode"], r["n"]) for r in rows}
+        rows += [r for r in rows_of(report, set(grids)) if (r["run"], r["N"], r["mode"], r["n"]) not in seen]
+        if 2 * n0 in grids and "native" in modes:
+            save_side_by_side([os.path.join(folder, f"samples_{n}_{mode}.png") for n, mode in
+                               ((n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"), (2 * n0, "native"))],
+                              os.path.join(os.path.dirname(args.output), f"resolution_grids_{run_label(path)}.png"))
+        yield report
+
+
 def main(argv=None):
     args = parse_args(argv)
     command = "python bench/resolution.py " + " ".join(sys.argv[1:] if argv is None else argv)
     training_grids = [evaluation.load_checkpoint(path)["config"]["input_height"] for path in args.checkpoints]
-    rows = []
+    rows, names = [], {}
     for path, n0 in zip(args.checkpoints, training_grids):
-        for grids, count, modes in evaluation_plan(args, n0):
-            report, folder = evaluate(args, path, grids, count, modes)
-            seen = {(r["run"], r["N"], r["mode"], r["n"]) for r in rows}
-            rows += [r for r in rows_of(report, set(grids)) if (r["run"], r["N"], r["mode"], r["n"]) not in seen]
-            if 2 * n0 in grids:
-                save_side_by_side([os.path.join(folder, f"samples_{n}_{mode}.png") for n, mode in
-                                   ((n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"), (2 * n0, "native"))],
-                                  os.path.join(os.path.dirname(args.output), f"resolution_grids_{run_label(path)}.png"))
+        for report in study_checkpoint(args, path, n0, args.resolutions, rows):
+            names[f"{report['model']} / {prior_label(report['prior'])}"] = (path, n0)
         write_outputs(args, rows, command)
+    if args.best_resolutions:  # the extra grids, only for the best run under each prior
+        for run in best_per_prior(rows, names, args.num_samples).values():
+            path, n0 = names[run]
+            for _ in study_checkpoint(args, path, n0, args.best_resolutions, rows):
+                pass
+            write_outputs(args, rows, command)
     print(f"written {args.output}")
 
 

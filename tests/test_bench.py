@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.resolution import evaluation_plan, parse_args, ratio_to_resample, rows_of
+from bench.resolution import best_per_prior, evaluate, evaluation_plan, parse_args, ratio_to_resample, rows_of
 from bench.samplers import configurations, load_earlier, merge
 
 
@@ -64,6 +64,38 @@ def test_resolution_plan_groups_grids_by_sample_count_and_runs_the_ablation_only
         ([84, 112], 250, ["resample", "native-bl", "native"])]
     every = parse_args(["--checkpoints", "a.pt", "--resolutions", "56", "--modes", "native-bl"])
     assert evaluation_plan(every, 28) == [([56], 1000, ["native-bl"])]
+
+
+def test_resolution_reuses_a_finished_evaluation_that_holds_the_rows_and_picks_the_best_run_per_prior(
+        tmp_path, monkeypatch):
+    import bench.resolution as resolution
+
+    def report(rows):
+        return {"results": [{"resolution": n, "mode": mode} for n, mode in rows]}
+
+    work = tmp_path / "work"
+    for name, rows in (("unet_standard_s0_n250_ancestral50_resample-bl-native", [(84, "resample-fourier"),
+                                                                                 (84, "native-bl"), (84, "native")]),
+                       ("unet_standard_s0_n1000_ancestral50_resample-bl", [(56, "resample-fourier")])):
+        (work / name).mkdir(parents=True)
+        (work / name / "results.json").write_text(json.dumps(report(rows)))
+    calls = []
+    monkeypatch.setattr(resolution.evaluation, "main", lambda argv: calls.append(argv))
+    args = parse_args(["--checkpoints", "x", "--work_dir", str(work)])
+    path = str(tmp_path / "runs" / "unet_standard_s0" / "last.pt")
+    _, folder = evaluate(args, path, [84], 250, ["resample", "native-bl"])  # a superset of modes: reused
+    assert folder.endswith("resample-bl-native") and not calls
+    with pytest.raises(FileNotFoundError):  # 56 lacks native-bl: test.py runs (here a stub that writes nothing)
+        evaluate(args, path, [56], 1000, ["resample", "native-bl"])
+    assert calls and calls[0][calls[0].index("--resolution") + 1] == "56"
+    assert calls[0][calls[0].index("--results_dir") + 1].endswith("_n1000_ancestral50_resample-bl_56")
+
+    rows = [{"run": run, "mode": mode, "n": n, "mmd": mmd} for run, mode, n, mmd in (
+        ("unet / standard", "n0", 1000, 0.02), ("cno / standard", "n0", 1000, 0.03),
+        ("fno / matern", "n0", 1000, 0.05), ("unet / matern", "n0", 1000, 0.04),
+        ("unet / matern", "n0", 250, 0.01), ("cno / matern", "native-bl", 1000, 0.001))]
+    assert best_per_prior(rows, {"unet / standard", "cno / standard", "fno / matern", "unet / matern",
+                                 "cno / matern"}, 1000) == {"standard": "unet / standard", "matern": "unet / matern"}
 
 
 def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path, monkeypatch, capsys):
