@@ -4,7 +4,7 @@
 
 Samples natively on the 2 n0 grid through the band-limited denoiser with both gains (same seed, same
 noise) and prints the MMD against as many MNIST test images resized to 2 n0, and how many samples
-are noise (pixel standard deviation above 0.45; digits have about 0.3).
+are noise (pixel standard deviation above 0.45; digits have about 0.3); writes them to --output.
 """
 import argparse
 import math
@@ -19,7 +19,7 @@ import data  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
-from utils import load_checkpoint, run_main  # noqa: E402
+from utils import load_checkpoint, run_main, versions  # noqa: E402
 
 
 def main():
@@ -31,7 +31,12 @@ def main():
     parser.add_argument("--num_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_root", default=None, help="MNIST root (default: the run's own)")
+    parser.add_argument("--output", default="results/nyquist_fold.md", help="Markdown file of the figures")
     args = parser.parse_args()
+    lines = ["# The Nyquist fold of native-bl's projection", "",
+             f"Command: `python bench/nyquist_fold.py {' '.join(sys.argv[1:])}`; seed {args.seed}; torch "
+             f"{versions()['torch']}, {versions()['cpu_threads']} CPU threads. Same seed and noise for both gains.", "",
+             "| run | N | Nyquist gain | MMD | n | sampler | samples that are noise |", "|---|---|---|---|---|---|---|"]
     state = load_checkpoint(args.checkpoint)
     model, prior, config = evaluation.restore(state, torch.device("cpu"))
     n0 = config["input_height"]
@@ -44,9 +49,15 @@ def main():
                                mode="native", seed=args.seed, num_steps=args.num_steps, sampler=args.sampler,
                                tweedie=True, resolution=2 * n0, show_progress=False)
         noise = int((samples.flatten(1).std(1) > 0.45).sum())
+        mmd = riesz_mmd(samples, reference)
         print(f"{state['model_name']} / {state['prior_config']['name']}, native-bl at {2 * n0}, Nyquist gain "
-              f"{gain:.4f}: MMD {riesz_mmd(samples, reference):.4f} (n = {args.num_samples}, {args.sampler} "
+              f"{gain:.4f}: MMD {mmd:.4f} (n = {args.num_samples}, {args.sampler} "
               f"{args.num_steps}), {noise} samples are noise", flush=True)
+        lines.append(f"| {state['model_name']} / {state['prior_config']['name']} | {2 * n0} | {gain:.4f} | {mmd:.4f} | "
+                     f"{args.num_samples} | {args.sampler} {args.num_steps} | {noise} |")
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"written {args.output}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class FiLM(nn.Module):
     def forward(self, h, emb):
         """emb: the TimeCondition of the batch."""
         scale, shift = emb.apply(self.proj)[:, :, None, None].chunk(2, dim=1)
-        return h * (1 + scale) + shift
+        return torch.addcmul(shift, h, 1 + scale)  # h (1 + scale) + shift in one pass over h
 
 
 def group_norm(channels, max_groups=32, min_group_size=4):
