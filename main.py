@@ -43,7 +43,7 @@ class TrainConfig:
     model_arg: list = _opt(None, "override one constructor argument of the model, KEY=VALUE "
                                  "(repeatable), e.g. --model_arg ch=48 --model_arg ch_mult=1,2",
                            action="append", metavar="KEY=VALUE")
-    prior_name: str = _opt("standard", "prior covariance (noise operator A), see README",
+    prior_name: str = _opt("standard", "prior covariance (noise operator A), see docs/conventions.md",
                            choices=list(priors.PRIORS))
     laplacian: str = _opt("stencil", "symbol of -Lap for lap_conv/combined_conv: 5-point 'stencil' "
                                      "with h=1/n (reference at n0) or 'spectral' (2 pi |k|)^2 "
@@ -53,7 +53,7 @@ class TrainConfig:
     matern_s: float = _opt(0.75, "exponent s of the matern prior A = (c - Lap)^(-s); s > 1/2")
     matern_c: float = _opt(4 * math.pi**2, "shift c > 0 of the matern prior")
     prior_seed: int = _opt(0, "seed of the random multipliers of the fno and combined_conv priors: fixed "
-                              "(not --seed), so runs with different --seed share one prior (DESIGN.md 3)")
+                              "(not --seed), so runs with different --seed share one prior, as the protocol asks")
     seed: int = _opt(0, "one seed (>= 0) for the data split, model init, training noise and "
                         "validation sampling (the random priors have --prior_seed)")
     subset: int = _opt(0, "1: train on the reference's reduced set (5,000 train + 1,000 "

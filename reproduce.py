@@ -1,16 +1,16 @@
 """Reproduce the results table with one command: train and evaluate every model x prior x seed.
 
     python reproduce.py --profile cpu --data_root ~/mnist           # the CPU table (hours)
-    python reproduce.py --profile cpu --full                        # + fno, combined_conv, matern
+    python reproduce.py --profile cpu --full                        # + lap_spectral, fno, combined_conv, matern
     python reproduce.py --profile paper --device cuda               # reference sizes, GPU
 
 Each run trains with main.py's code into RUNS_DIR/PROFILE/MODEL_PRIOR_sSEED (resumed if
 interrupted, skipped when finished), is evaluated with test.py's code at n0, at 2 n0 in
-resample mode and at 2 n0 natively, and leaves results/runs/PROFILE/MODEL_PRIOR_sSEED.json.
+resample and native-bl mode (and raw native, the ablation), and leaves results/runs/PROFILE/MODEL_PRIOR_sSEED.json.
 After every run the summary is rebuilt from all finished runs: results/table.md (mean +- sd
 over seeds, n per column, floors and upsample oracles at that n, wall times),
 results/runs.csv, sample grids results/samples_MODEL_PRIOR.png (28 | 56 resample | 56
-native) and results/val_mmd.png. A second invocation finds everything done and only
+native-bl | 56 native) and results/val_mmd.png. A second invocation finds everything done and only
 rebuilds the summary. --commit commits results/ after each finished run.
 """
 import argparse
@@ -37,7 +37,7 @@ PRIOR_FLAGS = {"lap_spectral": {"prior_name": "lap_conv", "laplacian": "spectral
 FULL_PRIORS = BASE_PRIORS + ["lap_spectral", "combined_conv", "fno", "matern"]
 MODELS = ["unet", "fno", "cno"]
 
-# Chosen from short measured runs (README, "How the CPU profile was chosen"): per model the size whose training
+# Chosen from short measured runs (docs/results.md, "How the CPU profile was chosen"): per model the size whose training
 # step and sampling cost fit the CPU budget (training <= 20 min, the table <= 8 h).
 PROFILES = {
     "cpu": {

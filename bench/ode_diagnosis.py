@@ -8,7 +8,7 @@ that every step can be looked at), --num_samples trajectories. A trajectory coun
 when its final image has a pixel standard deviation above --noise_std (MNIST digits: about 0.3;
 the UNet's failed samples: about 1.2). Per step it prints the pixel standard deviation of the
 denoiser output D(x~, sigma) for the trajectories that end as digits and those that end as
-noise, and it samples again with D clipped to the data range [0, 1] (`--compare_clipped`).
+noise, and it samples again with D clipped to the data range [0, 1].
 Writes results/ode_diagnosis.md.
 """
 import argparse
@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--num_steps", type=int, default=13, help="Heun steps (2N - 1 score evaluations)")
     parser.add_argument("--noise_std", type=float, default=0.45, help="a final pixel std above this is noise")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data_root", default=None, help="MNIST root (default: the first run's own)")
+    parser.add_argument("--data_root", default=None, help="MNIST root (default: each run's own)")
     parser.add_argument("--output", default="results/ode_diagnosis.md")
     args = parser.parse_args()
     lines = ["# The probability-flow ODE, step by step", "",
@@ -77,7 +77,7 @@ def main():
     for path in args.checkpoints:
         state = load_checkpoint(path)
         model, prior, config = evaluation.restore(state, torch.device("cpu"))
-        root = args.data_root or config["data_root"]
+        root = args.data_root or state.get("data_root_abs") or config["data_root"]
         test = data.load_mnist(root, train=False, quiet=True)
         order = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(args.seed))
         reference = data.training_images(test.images[order[:args.num_samples]], config["input_height"])

@@ -25,7 +25,7 @@ import test as evaluation  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
 from resample import resample  # noqa: E402
 from bench.report import write_report  # noqa: E402
-from utils import load_checkpoint, versions  # noqa: E402
+from utils import load_checkpoint, run_main, versions  # noqa: E402
 
 
 SAMPLER_LABELS = ("em", "em+tweedie", "heun", "ancestral")
@@ -68,8 +68,9 @@ def merge(earlier, new):
 def measure(args, path, refs_cache):
     state = load_checkpoint(path)
     n0 = state["config"]["input_height"]
-    refs = refs_cache.setdefault(n0, evaluation.References(args.data_root, n0, args.seed))
-    test_low, test_high = refs.images("test", args.num_samples, 2)
+    root = args.data_root or state.get("data_root_abs") or state["config"]["data_root"]
+    refs = refs_cache.setdefault((root, n0), evaluation.References(root, n0, args.seed))
+    test_low, test_high = refs.images("test", args.num_samples, 2 * n0)
     results = []
     plan = configurations(args.budgets, state.get("ema") is not None, args.samplers, args.heun_budgets,
                           bool(args.compare_raw))
@@ -128,7 +129,7 @@ def main():
                         help="numbers of score evaluations")
     parser.add_argument("--num_samples", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (also picks the test images)")
-    parser.add_argument("--data_root", default="./data", help="MNIST root")
+    parser.add_argument("--data_root", default=None, help="MNIST root (default: each run's own)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_LABELS), choices=SAMPLER_LABELS,
                         help="samplers to run (em+tweedie only at budgets <= 50)")
     parser.add_argument("--heun_budgets", type=int, nargs="+", default=None,
@@ -152,4 +153,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ every mode of LReLU(h) above it folds back). `activation_resampler="bicubic"`
 is that variant (r = 2s, both resizes by antialiased bicubic `F.interpolate`),
 for benchmarking.
 
-Design decisions (see also the README):
+Design decisions (see also docs/conventions.md):
 - GroupNorm + FiLM instead of BatchNorm: batch statistics would mix samples at
   different noise levels, so the score of one sample would depend on the others.
 - Convolutions pad circularly: every grid here is a periodic function on the unit

@@ -232,3 +232,18 @@ def test_a_classifier_for_another_grid_is_skipped_with_a_note(trained, tmp_path,
 def test_sigma_grid_samplers_without_the_denoiser_need_two_steps(trained, capsys, sampler):
     code, out = evaluate(trained, "--sampler", sampler, "--tweedie", "0", "--num_steps", "1", capsys=capsys)
     assert code == 2 and "--num_steps" in out.err
+
+
+def test_the_sampler_benchmark_runs_on_a_trained_checkpoint_and_scores_56_against_56(trained, tmp_path,
+                                                                                    monkeypatch):
+    """bench/samplers.py end to end (it once asked for 2x2 references at 56 and crashed)."""
+    import bench.samplers as samplers
+
+    output = tmp_path / "samplers.md"
+    monkeypatch.setattr(sys, "argv", ["samplers.py", "--checkpoints", str(trained / "runs" / "run" / "last.pt"),
+                                      "--budgets", "2", "--num_samples", "6", "--samplers", "em", "--compare_raw",
+                                      "0", "--output", str(output)])
+    samplers.main()
+    rows = json.loads((tmp_path / "samplers.json").read_text())["results"]
+    assert len(rows) == 1 and rows[0]["steps"] == 2 and rows[0]["mmd_28"] > 0
+    assert rows[0]["mmd_56_resample"] > 0
