@@ -103,3 +103,29 @@ def test_a_modes_first_state_dict_loads_as_it_is_and_a_foreign_weight_is_refused
     with pytest.raises(ValueError, match="fits neither layout"):
         modes_first(torch.zeros(9, 5, 8, 8), (9, 5, 8, 8, 2))
 
+
+
+@pytest.mark.parametrize("n1, n2, m", [(28, 28, 14), (9, 8, 4), (7, 7, 4), (12, 13, 5)])
+def test_the_spectral_transforms_hand_written_gradients_equal_autograds(n1, n2, m):
+    """LowModes and FromLowModes have their own backward (cheaper than autograd's); both must give
+    autograd's gradients of the plain rfft2 / irfft2 path, in float64, at even, odd and mixed grids."""
+    from models.fno import FromLowModes, LowModes, half_spectrum, kept_modes
+
+    gen = torch.Generator().manual_seed(n1 * n2 + m)
+    v = torch.randn(2, 3, n1, n2, dtype=torch.float64, generator=gen, requires_grad=True)
+    grad_low = torch.randn(2, 3, 2 * m - 1, m, dtype=torch.complex128, generator=gen)
+    plain = kept_modes(torch.fft.rfft2(v, norm="forward"), m)
+    assert torch.equal(LowModes.apply(v, m), plain)
+    expected, = torch.autograd.grad(plain, v, grad_low)
+    mine, = torch.autograd.grad(LowModes.apply(v, m), v, grad_low)
+    assert torch.allclose(mine, expected, rtol=0, atol=1e-14 * expected.abs().max())
+
+    low = torch.randn(2, 3, 2 * m - 1, m, dtype=torch.complex128, generator=gen, requires_grad=True)
+    grad_u = torch.randn(2, 3, n1, n2, dtype=torch.float64, generator=gen)
+    plain_u = torch.fft.irfft2(half_spectrum(low, n1, n2), s=(n1, n2), norm="forward")
+    assert torch.equal(FromLowModes.apply(low, n1, n2), plain_u)
+    expected, = torch.autograd.grad(plain_u, low, grad_u)
+    mine, = torch.autograd.grad(FromLowModes.apply(low, n1, n2), low, grad_u)
+    assert torch.allclose(mine, expected, rtol=0, atol=1e-14 * expected.abs().max())
+    assert torch.autograd.gradcheck(lambda x: LowModes.apply(x, m), (v,))
+    assert torch.autograd.gradcheck(lambda c: FromLowModes.apply(c, n1, n2), (low,))
