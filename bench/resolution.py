@@ -117,6 +117,21 @@ def ratio_to_resample(rows):
             if mode == "native-bl" and (run, N, n, "resample-fourier") in by_key}
 
 
+def ratio_summary(rows, ratios):
+    """Markdown lines: MMD(native-bl) / MMD(resample) per run (rows) and grid N (columns), with n."""
+    if not ratios:
+        return []
+    grids = sorted({N for _, N, _ in ratios})
+    lines = ["MMD(native-bl) / MMD(resample), same N, n, seed and noise (n in brackets):", "",
+             "| run | " + " | ".join(f"N = {N}" for N in grids) + " |", "|---|" + "---|" * len(grids)]
+    for run in dict.fromkeys(r["run"] for r in rows):
+        cells = [", ".join(f"{ratio:.3f} ({n})" for (r, N_, n), ratio in ratios.items() if r == run and N_ == N)
+                 or "-" for N in grids]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    worst = max(ratios.values())
+    return lines + ["", f"Largest ratio: {worst:.3f}; smallest: {min(ratios.values()):.3f}.", ""]
+
+
 def write_outputs(args, rows, command):
     ratios = ratio_to_resample(rows)
     lines = ["# Resolution study: MMD * n0 / N on N-grids", "",
@@ -124,6 +139,7 @@ def write_outputs(args, rows, command):
              f"{args.device}, torch {versions()['torch']}. Resample and native-bl draw the same noise on the "
              f"N-grid (`--resample_noise fine`). `native` is the ablation (the network run on the N-grid as it "
              f"is). The last column is MMD(native-bl) / MMD(resample) at the same N and n.", "",
+             *ratio_summary(rows, ratios),
              "| model / prior | N | mode | n | MMD | MMD n0/N | real-vs-real n0/N | Fourier oracle n0/N "
              "| native-bl / resample |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

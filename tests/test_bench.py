@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from bench.resolution import best_per_prior, evaluate, evaluation_plan, parse_args, ratio_to_resample, rows_of
+from bench.resolution import (best_per_prior, evaluate, evaluation_plan, parse_args, ratio_summary,
+                              ratio_to_resample, rows_of)
 from bench.samplers import configurations, load_earlier, merge
 
 
@@ -54,6 +55,8 @@ def test_resolution_rows_scale_by_n0_over_n_and_pair_native_bl_with_resample():
     assert rows[1]["mmd_scaled"] == pytest.approx(0.3 * 28 / 42) and rows[1]["oracle_scaled"] == pytest.approx(0.06)
     assert rows[0]["oracle_scaled"] is None and rows[0]["mmd_scaled"] == 0.1
     assert ratio_to_resample(rows) == {("cno / lap_conv (spectral)", 42, 8): pytest.approx(1.1)}
+    summary = ratio_summary(rows, ratio_to_resample(rows))
+    assert "| cno / lap_conv (spectral) | 1.100 (8) |" in summary and "Largest ratio: 1.100; smallest: 1.100." in summary
 
 
 def test_resolution_plan_groups_grids_by_sample_count_and_runs_the_ablation_only_where_asked():
