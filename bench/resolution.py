@@ -72,17 +72,23 @@ def evaluate(args, path, resolutions, count, modes):
 def evaluation_plan(args, n0, resolutions=None):
     """[(grids, n, modes)]: one test.py call per sample count and mode set. Grids N <= 2 n0 get
     --num_samples, finer ones --num_samples_fine; the raw native ablation runs only on
-    --native_resolutions (default: every grid)."""
+    --native_resolutions (default: every grid), with --num_samples_native images when given (then
+    in a call of its own), else with the grid's n beside the other modes."""
     resolutions = args.resolutions if resolutions is None else resolutions
     native_on = set(resolutions if args.native_resolutions is None else args.native_resolutions)
-    with_native, without = list(args.modes), [m for m in args.modes if m != "native"]
+    native_on &= set(resolutions)
+    apart = args.num_samples_native is not None and "native" in args.modes
+    with_native = [m for m in args.modes if m != "native"] if apart else list(args.modes)
+    without = [m for m in args.modes if m != "native"]
     plan = []
     for grids, count in (([n for n in resolutions if n <= 2 * n0], args.num_samples),
                          ([n for n in resolutions if n > 2 * n0], args.num_samples_fine)):
-        for modes, chosen in ((without, [n for n in grids if n not in native_on]),
-                              (with_native, [n for n in grids if n in native_on])):
+        for modes, chosen in ((without, [n for n in grids if apart or n not in native_on]),
+                              (with_native, [] if apart else [n for n in grids if n in native_on])):
             if chosen and modes:
                 plan.append((chosen, count, modes))
+    if apart and native_on:
+        plan.append((sorted(native_on), args.num_samples_native, ["native"]))
     return plan
 
 
@@ -183,6 +189,8 @@ def parse_args(argv=None):
                         help="grids on which the raw native ablation runs too (default: all of --resolutions)")
     parser.add_argument("--num_samples", type=int, default=1000, help="samples (and test images) for N <= 2 n0")
     parser.add_argument("--num_samples_fine", type=int, default=250, help="samples for N > 2 n0")
+    parser.add_argument("--num_samples_native", type=int, default=None,
+                        help="samples for the raw native ablation, in a call of its own (default: the grid's n)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--data_root", default=None, help="MNIST root (default: each run's own)")
@@ -206,16 +214,23 @@ def best_per_prior(rows, names, count):
 
 
 def study_checkpoint(args, path, n0, resolutions, rows):
-    """Evaluate one checkpoint on these grids (as evaluation_plan splits them) and add its rows."""
+    """Evaluate one checkpoint on these grids (as evaluation_plan splits them), add its rows, and
+    draw results/resolution_grids_RUN.png (28 | resample | native-bl | native at 2 n0, same seeds)."""
+    panels = {}
     for grids, count, modes in evaluation_plan(args, n0, resolutions):
         report, folder = evaluate(args, path, grids, count, modes)
         seen = {(r["run"], r["N"], r["mode"], r["n"]) for r in rows}
         rows += [r for r in rows_of(report, set(grids)) if (r["run"], r["N"], r["mode"], r["n"]) not in seen]
-        if 2 * n0 in grids and "native" in modes:
-            save_side_by_side([os.path.join(folder, f"samples_{n}_{mode}.png") for n, mode in
-                               ((n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"), (2 * n0, "native"))],
-                              os.path.join(os.path.dirname(args.output), f"resolution_grids_{run_label(path)}.png"))
+        if 2 * n0 in grids:  # sample i depends on (seed, i) only: panels of calls with other n match
+            for n, mode in ((n0, "native"), *((2 * n0, m) for m in ("resample", "native-bl", "native"))):
+                image = os.path.join(folder, f"samples_{n}_{mode}.png")
+                if (n, mode) not in panels and os.path.exists(image):
+                    panels[(n, mode)] = image
         yield report
+    order = [(n0, "native"), (2 * n0, "resample"), (2 * n0, "native-bl"), (2 * n0, "native")]
+    if all(key in panels for key in order):
+        save_side_by_side([panels[key] for key in order],
+                          os.path.join(os.path.dirname(args.output), f"resolution_grids_{run_label(path)}.png"))
 
 
 def main(argv=None):

@@ -65,6 +65,11 @@ def test_resolution_plan_groups_grids_by_sample_count_and_runs_the_ablation_only
     assert evaluation_plan(args, 28) == [
         ([42, 50], 1000, ["resample", "native-bl"]), ([56], 1000, ["resample", "native-bl", "native"]),
         ([84, 112], 250, ["resample", "native-bl", "native"])]
+    apart = parse_args(["--checkpoints", "a.pt", "--resolutions", "56", "84", "--native_resolutions", "56",
+                        "--num_samples_native", "250"])
+    assert evaluation_plan(apart, 28) == [([56], 1000, ["resample", "native-bl"]), ([84], 250, ["resample", "native-bl"]),
+                                          ([56], 250, ["native"])]
+    assert evaluation_plan(apart, 28, [84]) == [([84], 250, ["resample", "native-bl"])]
     every = parse_args(["--checkpoints", "a.pt", "--resolutions", "56", "--modes", "native-bl"])
     assert evaluation_plan(every, 28) == [([56], 1000, ["native-bl"])]
 
