@@ -130,3 +130,17 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
 
     monkeypatch.setattr(reproduce, "train_run", never)
     compute.main(argv)
+
+
+def test_mutation_scores_count_crashes_and_timeouts_as_killed_and_leave_judged_equivalents_out():
+    from bench.mutation import read_results, scores
+
+    lines = ["    sde.x_sigma_grid__mutmut_1: killed", "    sde.x_sigma_grid__mutmut_2: survived",
+             "    sde.x_sigma_grid__mutmut_3: timeout", "    sde.x_sigma_grid__mutmut_4: segfault",
+             "    sde.x_sigma_grid__mutmut_5: survived", "    priors.operators.x_matern__mutmut_1: no tests",
+             "header line without a mutant"]
+    statuses = read_results(lines)
+    assert len(statuses) == 6 and statuses["priors.operators.x_matern__mutmut_1"] == "no tests"
+    table = scores(statuses, {"sde.x_sigma_grid__mutmut_5": "a chunk size"})
+    assert table["sde"] == {"mutants": 5, "killed": 3, "survived": 1, "equivalent": 1, "score": 0.75}
+    assert table["priors.operators"]["score"] == 0.0
