@@ -60,3 +60,26 @@ def test_resample_dispatches_to_fourier_by_default_and_to_bicubic_and_names_the_
     assert torch.equal(resample(u, 20, "bicubic"), bicubic_resample(u, 20))
     with pytest.raises(ValueError, match="^unknown resampling method 'nearest': expected 'fourier' or 'bicubic'$"):
         resample(u, 20, "nearest")
+
+
+def test_bicubic_returns_its_input_itself_when_the_grid_does_not_change():
+    """The shortcut is part of the contract (no interpolation round trip), for (h, w), (c, h, w), (b, c, h, w)."""
+    from resample import bicubic_resample
+
+    for shape in ((9, 9), (2, 9, 9), (3, 2, 9, 9)):
+        x = torch.rand(shape)
+        assert bicubic_resample(x, 9) is x and bicubic_resample(x, (9, 9)) is x
+        assert bicubic_resample(x, 5).shape == (*shape[:-2], 5, 5)
+
+
+def test_fourier_matrix_by_default_samples_the_folded_nyquist_mode_exactly():
+    """Down from 8 to 4 pixel centres, cos(2 pi 2 x) (the 4-grid's Nyquist mode) keeps its samples
+    with the default gain 1: the matrix gives the exact samples of the band |k| <= m/2."""
+    from resample import fourier_matrix
+
+    def centres(n):
+        return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+
+    signal = torch.cos(2 * math.pi * 2 * centres(8))
+    matrix = fourier_matrix(8, 4, dtype=torch.float64)
+    assert torch.allclose(matrix @ signal, torch.cos(2 * math.pi * 2 * centres(4)), atol=1e-12)
