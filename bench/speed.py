@@ -320,9 +320,30 @@ def main():
     if args.only in (None, "reference"):
         bench_reference(args, device, lines)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    if args.only and os.path.exists(args.output):  # one section measured again: the others are kept
+        text = merge_sections(open(args.output).read(), text)
     with open(args.output, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
     print(f"written {args.output}")
+
+
+def sections(text):
+    """(header, {'## title': body}) of a Markdown report, sections in order."""
+    header, *parts = text.split("\n## ")
+    return header, {("## " + part).split("\n", 1)[0]: "## " + part for part in parts}
+
+
+def merge_sections(old, new):
+    """The old report with the sections of the new one put in place (or appended); each section
+    taken from the new report says which command, machine and date measured it."""
+    old_header, old_sections = sections(old)
+    new_header, new_sections = sections(new)
+    provenance = " ".join(line for line in new_header.splitlines() if line.startswith(("Command:", "Hardware:")))
+    for title, body in new_sections.items():
+        head, _, rest = body.partition("\n")
+        old_sections[title] = f"{head}\n\n({provenance})\n\n{rest.lstrip(chr(10))}"
+    return "\n".join([old_header.rstrip("\n") + "\n", *(body.rstrip("\n") + "\n" for body in old_sections.values())])
 
 
 if __name__ == "__main__":

@@ -144,3 +144,17 @@ def test_mutation_scores_count_crashes_and_timeouts_as_killed_and_leave_judged_e
     table = scores(statuses, {"sde.x_sigma_grid__mutmut_5": "a chunk size"})
     assert table["sde"] == {"mutants": 5, "killed": 3, "survived": 1, "equivalent": 1, "score": 0.75}
     assert table["priors.operators"]["score"] == 0.0
+
+
+def test_a_speed_section_measured_again_replaces_its_old_version_and_keeps_the_others():
+    from bench.speed import merge_sections
+
+    old = ("# Speed\n\nCommand: `python bench/speed.py `\nHardware: A\n\n## Score networks\n\nrow a\n\n"
+           "## Against the original code (side by side)\n\nNot measured.\n")
+    new = ("# Speed\n\nCommand: `python bench/speed.py --only reference`\nHardware: B\n\n"
+           "## Against the original code (side by side)\n\n| ratio |\n\n## Riesz MMD\n\n| mmd |\n")
+    merged = merge_sections(old, new)
+    assert merged == ("# Speed\n\nCommand: `python bench/speed.py `\nHardware: A\n\n## Score networks\n\nrow a\n\n"
+                      "## Against the original code (side by side)\n\n(Command: `python bench/speed.py --only "
+                      "reference` Hardware: B)\n\n| ratio |\n\n## Riesz MMD\n\n(Command: `python bench/speed.py "
+                      "--only reference` Hardware: B)\n\n| mmd |\n")
