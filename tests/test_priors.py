@@ -284,3 +284,30 @@ def test_a_moved_or_cast_prior_rebuilds_its_cached_multipliers(generator):
     double = prior.apply(z.double())
     assert double.dtype == torch.float64 and torch.allclose(double, single.double(), atol=1e-5)
     assert all(key[2] == torch.float64 for key in prior._cache)  # the float32 entry was dropped
+
+
+def test_per_sample_noise_gives_image_i_the_stream_of_seed_and_i_alone():
+    """Sample i of a call draws from PCG64 seeded by SeedSequence(seed, spawn_key=(i,)): images of one
+    batch differ, and rows first .. first + count - 1 are those of a call that starts at 0."""
+    import numpy as np
+
+    from priors.base import PerSampleGenerator, standard_normal
+
+    whole = PerSampleGenerator(7, 0, 4).randn((4, 3, 5), torch.float64)
+    assert whole.dtype == torch.float64 and not torch.equal(whole[0], whole[1])
+    expected = np.random.default_rng(np.random.SeedSequence(7, spawn_key=(2,))).standard_normal((3, 5))
+    assert torch.equal(whole[2], torch.from_numpy(expected))
+    assert torch.equal(PerSampleGenerator(7, 2, 2).randn((2, 3, 5), torch.float64), whole[2:])
+    assert standard_normal((4, 3, 5), PerSampleGenerator(7, 0, 4), torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"a sampling seed must be >= 0, got -1"):
+        PerSampleGenerator(-1, 0, 2)
+    with pytest.raises(ValueError, match=r"a per-sample draw needs batch 4, got shape \(3, 5\)"):
+        PerSampleGenerator(7, 0, 4).randn((3, 5))
+
+
+def test_the_smallest_training_grid_is_two_pixels():
+    from priors import build_prior
+
+    assert build_prior("standard", 2).sample((1, 1, 2, 2), torch.Generator().manual_seed(0)).shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"training resolution n0 must be >= 2, got 1"):
+        build_prior("standard", 1)
