@@ -311,3 +311,10 @@ def test_the_smallest_training_grid_is_two_pixels():
     assert build_prior("standard", 2).sample((1, 1, 2, 2), torch.Generator().manual_seed(0)).shape == (1, 1, 2, 2)
     with pytest.raises(ValueError, match=r"training resolution n0 must be >= 2, got 1"):
         build_prior("standard", 1)
+
+
+def test_an_unknown_prior_name_is_refused_with_the_list_of_names():
+    with pytest.raises(ValueError) as caught:
+        build_prior("nope", N0)
+    assert str(caught.value) == f"unknown prior 'nope': expected one of {', '.join(PRIORS)}"
+    assert ", ".join(PRIORS) == "standard, lap_conv, fno, combined_conv, matern"
