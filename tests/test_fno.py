@@ -73,20 +73,25 @@ def test_checkpoints_with_the_channel_first_spectral_weight_still_load():
     assert torch.equal(again(x, t), model(x, t))
 
 
-def test_spectral_conv_is_the_mode_by_mode_complex_product():
+@pytest.mark.parametrize("n1, n2, modes", [(12, 12, 4), (6, 10, 5), (10, 6, 5), (7, 7, 5)])
+def test_spectral_conv_is_the_mode_by_mode_complex_product(n1, n2, modes):
     """out_k = sum_i R_io(k) c_k(v_i) on the kept modes, 0 elsewhere: checked against an explicit loop
-    (the output is real, so on the k2 = 0 column only the Hermitian part of R c survives)."""
+    (the output is real, so on the k2 = 0 column only the Hermitian part of R c survives). A grid
+    keeps m = min(modes, ceil(n1 / 2), ceil(n2 / 2)) modes, |k| < n/2 on both axes: coarse and
+    non-square grids cut the layer's modes on one axis or the other."""
     torch.manual_seed(0)
-    layer = SpectralConv2d(2, 3, modes=4).double()
-    v = torch.randn(2, 2, 12, 12, dtype=torch.float64)
+    layer = SpectralConv2d(2, 3, modes=modes).double()
+    v = torch.randn(2, 2, n1, n2, dtype=torch.float64)
     coef = torch.fft.rfft2(v, norm="forward")
     weight = torch.view_as_complex(layer.weight.detach())
-    expected = torch.zeros(2, 3, 12, 7, dtype=torch.complex128)
-    for row, k1 in enumerate([0, 1, 2, 3, -3, -2, -1]):
-        for k2 in range(4):
-            expected[:, :, k1 % 12, k2] = torch.einsum("bi,io->bo", coef[:, :, k1 % 12, k2], weight[row, k2])
+    m = min(modes, (n1 + 1) // 2, (n2 + 1) // 2)
+    expected = torch.zeros(2, 3, n1, n2 // 2 + 1, dtype=torch.complex128)
+    for k1 in range(-(m - 1), m):
+        for k2 in range(m):
+            row = k1 if k1 >= 0 else 2 * modes - 1 + k1  # the weight's rows are in FFT order of k1
+            expected[:, :, k1 % n1, k2] = torch.einsum("bi,io->bo", coef[:, :, k1 % n1, k2], weight[row, k2])
     column = expected[:, :, :, 0]
-    expected[:, :, :, 0] = 0.5 * (column + column[:, :, (-torch.arange(12)) % 12].conj())
+    expected[:, :, :, 0] = 0.5 * (column + column[:, :, (-torch.arange(n1)) % n1].conj())
     assert torch.allclose(torch.fft.rfft2(layer(v), norm="forward"), expected, atol=1e-12)
 
 
@@ -98,8 +103,12 @@ def test_a_modes_first_state_dict_loads_as_it_is_and_a_foreign_weight_is_refused
     again = FNO(width=8, modes=5, n_layers=2).double()
     again.load_state_dict(model.state_dict())
     assert torch.equal(again.layers[0].spectral.weight, model.layers[0].spectral.weight)
-    with pytest.raises(ValueError, match="fits neither layout"):
+    with pytest.raises(ValueError) as caught:
         modes_first(torch.zeros(8, 8, 7, 5, 2), (9, 5, 8, 8, 2))  # 2 modes - 1 = 7 rows: another size
+    assert str(caught.value) == "a spectral weight of shape (8, 8, 7, 5, 2) fits neither layout of (9, 5, 8, 8, 2)"
+    partial = {k: v for k, v in model.state_dict().items() if not k.endswith("spectral.weight")}
+    assert FNO(width=8, modes=5, n_layers=2).double().load_state_dict(partial, strict=False).missing_keys == [
+        "layers.0.spectral.weight", "layers.1.spectral.weight"]  # a state dict without the weight loads
     with pytest.raises(ValueError, match="fits neither layout"):
         modes_first(torch.zeros(9, 5, 8, 8), (9, 5, 8, 8, 2))
 
