@@ -73,13 +73,14 @@ def test_bicubic_returns_its_input_itself_when_the_grid_does_not_change():
 
 
 def test_fourier_matrix_by_default_samples_the_folded_nyquist_mode_exactly():
-    """Down from 8 to 4 pixel centres, cos(2 pi 2 x) (the 4-grid's Nyquist mode) keeps its samples
-    with the default gain 1: the matrix gives the exact samples of the band |k| <= m/2."""
+    """Down from 8 to 4 pixel centres, sin(2 pi 2 x) (the 4-grid's Nyquist mode; its cosine vanishes at
+    the pixel centres) keeps its samples with the default gain 1: the exact samples of |k| <= m/2."""
     from resample import fourier_matrix
 
     def centres(n):
         return (torch.arange(n, dtype=torch.float64) + 0.5) / n
 
-    signal = torch.cos(2 * math.pi * 2 * centres(8))
+    signal = torch.sin(2 * math.pi * 2 * centres(8))
     matrix = fourier_matrix(8, 4, dtype=torch.float64)
-    assert torch.allclose(matrix @ signal, torch.cos(2 * math.pi * 2 * centres(4)), atol=1e-12)
+    assert torch.allclose(matrix @ signal, torch.sin(2 * math.pi * 2 * centres(4)), atol=1e-12)
+    assert torch.sin(2 * math.pi * 2 * centres(4)).abs().min() == pytest.approx(1.0)
