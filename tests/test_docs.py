@@ -59,3 +59,8 @@ def test_the_readme_starts_with_the_install_and_main_job_then_the_test_command_c
 
 def test_the_readme_is_a_front_page():
     assert len(open(os.path.join(ROOT, "README.md")).read().splitlines()) <= 150
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_is_left_with_a_placeholder(page):
+    assert "<!--" not in open(os.path.join(ROOT, page)).read(), f"{page} still holds an HTML comment placeholder"
