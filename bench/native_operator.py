@@ -21,7 +21,6 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
