@@ -169,6 +169,12 @@ def validate(args, n0_saved, test_size):
                         f"{test_size} MNIST test images available")
 
 
+def trained_data_root(state):
+    """The MNIST root a run was trained on: the absolute path saved by main.py (older checkpoints:
+    the --data_root as given)."""
+    return state.get("data_root_abs") or state["config"].get("data_root", "./data")
+
+
 def data_root_of(args, state):
     """(--data_root to score against, a line saying which data that is).
 
@@ -176,8 +182,7 @@ def data_root_of(args, state):
     files that this root no longer holds is refused rather than scored against the 1,000
     fallback test digits, which are not the protocol's references (see FALLBACK_WARNING).
     """
-    trained_on = state.get("data_root_abs") or state["config"].get("data_root", "./data")
-    root = args.data_root if args.data_root is not None else trained_on
+    root = args.data_root if args.data_root is not None else trained_data_root(state)
     test = data.load_mnist(root, train=False, quiet=True)
     trained_source = state.get("data_source")
     if args.data_root is None and trained_source and source_kind(trained_source) != source_kind(test.source):

@@ -65,7 +65,7 @@ def main():
         state = load_checkpoint(path)
         model, prior, config = evaluation.restore(state, torch.device("cpu"))
         n0 = config["input_height"]
-        refs = evaluation.References(args.data_root or state.get("data_root_abs") or config["data_root"], n0,
+        refs = evaluation.References(args.data_root or evaluation.trained_data_root(state), n0,
                                      args.seed)
         test_high, train_high = refs.images("test", count, n)[1], refs.images("train", count, n)[1]
 

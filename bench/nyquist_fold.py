@@ -40,7 +40,8 @@ def main():
     state = load_checkpoint(args.checkpoint)
     model, prior, config = evaluation.restore(state, torch.device("cpu"))
     n0 = config["input_height"]
-    test = data.load_mnist(args.data_root or config["data_root"], train=False, quiet=True)
+    test = data.load_mnist(args.data_root or evaluation.trained_data_root(state), train=False,
+                           quiet=True)
     order = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(args.seed))
     reference = data.evaluation_images(test.images[order[:args.num_samples]], n0, 2 * n0)[1]
     for gain in (1 / math.sqrt(2), 1.0):

@@ -77,7 +77,7 @@ def main():
     for path in args.checkpoints:
         state = load_checkpoint(path)
         model, prior, config = evaluation.restore(state, torch.device("cpu"))
-        root = args.data_root or state.get("data_root_abs") or config["data_root"]
+        root = args.data_root or evaluation.trained_data_root(state)
         test = data.load_mnist(root, train=False, quiet=True)
         order = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(args.seed))
         reference = data.training_images(test.images[order[:args.num_samples]], config["input_height"])

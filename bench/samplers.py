@@ -68,7 +68,7 @@ def merge(earlier, new):
 def measure(args, path, refs_cache):
     state = load_checkpoint(path)
     n0 = state["config"]["input_height"]
-    root = args.data_root or state.get("data_root_abs") or state["config"]["data_root"]
+    root = args.data_root or evaluation.trained_data_root(state)
     refs = refs_cache.setdefault((root, n0), evaluation.References(root, n0, args.seed))
     test_low, test_high = refs.images("test", args.num_samples, 2 * n0)
     results = []
