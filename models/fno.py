@@ -50,6 +50,14 @@ def half_spectrum(low, n1, n2):
     return half
 
 
+def column_weights(m, others, dtype, device):
+    """(m,) weights of the rfft2 columns k2 = 0 .. m-1: 1 for k2 = 0, `others` for k2 >= 1 (the
+    columns that stand for the pair +-k2 in the Hermitian sum)."""
+    weights = torch.full((m,), others, dtype=dtype, device=device)
+    weights[0] = 1.0
+    return weights
+
+
 class LowModes(torch.autograd.Function):
     """c_k = (1 / n1 n2) sum_x v(x) e^{-2 pi i k.x} on the kept modes (|k1| < m, 0 <= k2 < m < n2 / 2).
 
@@ -68,9 +76,7 @@ class LowModes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (n1, n2), m = ctx.grid, ctx.m
-        weights = torch.full((m,), 0.5, dtype=grad.real.dtype, device=grad.device)
-        weights[0] = 1.0  # k2 = 0 appears once in the Hermitian sum
-        half = half_spectrum(grad * weights, n1, n2)
+        half = half_spectrum(grad * column_weights(m, 0.5, grad.real.dtype, grad.device), n1, n2)
         return torch.fft.irfft2(half, s=(n1, n2), norm="forward") / (n1 * n2), None
 
 
@@ -89,9 +95,7 @@ class FromLowModes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         m = ctx.m
-        weights = torch.full((m,), 2.0, dtype=grad.dtype, device=grad.device)
-        weights[0] = 1.0
-        return kept_modes(torch.fft.rfft2(grad), m) * weights, None, None
+        return kept_modes(torch.fft.rfft2(grad), m) * column_weights(m, 2.0, grad.dtype, grad.device), None, None
 
 
 class SpectralConv2d(nn.Module):
