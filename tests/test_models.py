@@ -87,3 +87,19 @@ def test_model_args_are_parsed_as_literals():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("transformer")
+
+
+def test_film_scales_and_shifts_each_channel_by_its_time_embedding():
+    """FiLM(h) = h (1 + scale(e)) + shift(e), per sample and channel, with (scale, shift) the two halves
+    of proj(e); checked against the formula written out here, with a non-zero projection."""
+    from models.embedding import FiLM, TimeCondition
+
+    torch.manual_seed(0)
+    film = FiLM(emb_dim=4, channels=3)
+    torch.nn.init.normal_(film.proj[1].weight)
+    torch.nn.init.normal_(film.proj[1].bias)
+    emb_values = torch.randn(2, 4)
+    h = torch.randn(2, 3, 5, 5)
+    out = film(h, TimeCondition(emb_values, torch.arange(2)))
+    scale, shift = film.proj(emb_values).chunk(2, dim=1)
+    assert torch.allclose(out, h * (1 + scale[:, :, None, None]) + shift[:, :, None, None], atol=1e-6)
