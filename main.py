@@ -368,7 +368,8 @@ def train_epoch(run, images, progress=True):
         run.train_seconds += dist.max(training_clock() - started)  # the ranks agree on the budget
         losses.append(mean_loss)
         norms.append(norm.item())
-        bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}")
+        # refresh=False: the bar shows it at its next update, so a log gets no line per batch
+        bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}", refresh=False)
         if run.budget_spent:  # the epoch ends early; run_epoch validates and checkpoints
             break
     return sum(losses) / len(losses), sum(norms) / len(norms)

@@ -319,3 +319,14 @@ def test_a_resumed_run_keeps_its_budget_and_schedule_when_the_flags_are_not_repe
     assert config["minutes"] == 30 and config["lr_schedule"] == "cosine" and config["n_epochs"] == 2
     code, err = call(tiny_args(tmp_path, "--seed", "-1", name="negative"), capsys)
     assert code == 2 and "--seed" in err
+
+
+def test_a_training_log_gets_no_progress_line_per_batch(tmp_path, capsys):
+    """stderr under pytest is not a terminal: the epoch bar (with its loss and grad postfix) writes
+    its opening and closing lines only, not one per batch (8 batches here)."""
+    argv = tiny_args(tmp_path, "--n_epochs", "1", "--batch_size", "8")
+    code, err = call([*argv[:argv.index("--progress")], "--progress", "1", *argv[argv.index("--progress") + 2:]],
+                     capsys)
+    assert code == 0, err
+    epoch_bar = [part for part in err.split("\r") if part.startswith("epoch 1/1")]
+    assert 1 <= len(epoch_bar) <= 3, epoch_bar
