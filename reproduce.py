@@ -224,6 +224,16 @@ def hardware(record):
     return f"{info['platform']}, torch threads {info['cpu_threads']}, GPU: {info['cuda'] or 'none'}"
 
 
+COLUMNS_NOTE = (
+    "Columns at 56: *resample* samples at 28 with the profile's sampler and interpolates exactly in "
+    "Fourier space; *native-bl* runs the reverse process on the 56 grid with the network's 28 denoiser "
+    "interpolated (docs/conventions.md), and like every sampler on a grid finer than n0 it ends with "
+    "that denoiser (Tweedie), which Euler-Maruyama at 28 does not unless asked (`--tweedie 1`): with the "
+    "same last step the two agree within 1.2% (results/resolution.md); *native* applies the network to "
+    "the 56 grid as it is, the ablation. '-': no run of the cell has that figure (runs evaluated before "
+    "the mode existed, or seeds outside the profile's native seeds).")
+
+
 def table_markdown(records, profile, total_seconds):
     """results/table.md: one block per prior, mean +- sd over seeds, floors at the same n."""
     lines = [f"# Results: profile `{profile}`", "",
@@ -239,6 +249,7 @@ def table_markdown(records, profile, total_seconds):
             which = "all runs" if len(hosts) == 1 else f"{len(names)} run{'s' if len(names) > 1 else ''} ({', '.join(sorted(names))})"
             lines.append(f"Hardware, {which}: {host}.")
         lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", ""]
+    lines += [COLUMNS_NOTE, ""]
     priors = [p for p in FULL_PRIORS if any(r["prior"] == p for r in records)]
     for prior in priors:
         group = [r for r in records if r["prior"] == prior]

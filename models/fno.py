@@ -3,6 +3,7 @@
 v_0 = P(u, sin 2 pi x, cos 2 pi x, sin 2 pi y, cos 2 pi y) + E(t)
 v_{l+1} = act(FiLM_l(K_l v_l + W_l v_l, t)),   l = 0 .. L-1   (no act after the last)
 a = Q(v_L)
+(with local_path=1 each layer adds D_l v_l, a local differential path: DifferentialConv2d)
 K_l v = sum_{|k1|, k2 < modes} R_l(k) c_k(v) e_k: the physical Fourier coefficients
 c_k = rfft2(v, norm='forward') (the same for a function at every grid size n)
 multiplied by complex weights indexed by physical wavenumber k. Modes |k| >= n/2
@@ -142,18 +143,51 @@ class SpectralConv2d(nn.Module):
         return FromLowModes.apply(mixed, n1, n2)
 
 
-class FNOLayer(nn.Module):
-    """act(FiLM(K v + W v, t)); act may be None (last layer)."""
+class DifferentialConv2d(nn.Module):
+    """A local path that is one operator on every grid in the limit h -> 0 (the differential kernels
+    of Liu-Schiaffini et al., ICML 2024): along each axis a 3-tap periodic stencil w with
+    sum_j w_j = 0 (per channel pair), scaled by 1/h = n of that axis:
 
-    def __init__(self, width, modes, emb_dim, activation):
+        D v(x) = sum_axis (1/h_axis) sum_{j=-1..1} w_axis,j v(x + j h_axis e_axis)
+               = sum_axis [(w_+1 - w_-1) d_axis v + (w_+1 + w_-1) h_axis / 2 d_axis^2 v + O(h^2)],
+
+    a learned first-order differential operator plus a term that vanishes like h. It sees the
+    detail above the spectral path's modes that K cannot (the local branch of the FNO-UNet family),
+    and stays consistent across grids where a plain 3x3 convolution (a stencil in pixels) is not.
+    """
+
+    def __init__(self, in_ch, out_ch, modes):
+        super().__init__()
+        # d/dx of mode k has gain 2 pi k: start with gain ~1 on the kept modes |k| < modes
+        scale = 1.0 / (2 * math.pi * modes * math.sqrt(3 * in_ch))
+        self.rows = nn.Parameter(scale * torch.randn(out_ch, in_ch, 3, 1))  # stencil along dim -2
+        self.cols = nn.Parameter(scale * torch.randn(out_ch, in_ch, 1, 3))  # stencil along dim -1
+
+    def forward(self, v):
+        n1, n2 = v.shape[-2:]
+        rows = self.rows - self.rows.mean(dim=2, keepdim=True)  # sum_j w_j = 0: no zeroth-order term
+        cols = self.cols - self.cols.mean(dim=3, keepdim=True)
+        along_rows = F.conv2d(F.pad(v, (0, 0, 1, 1), mode="circular"), rows)
+        along_cols = F.conv2d(F.pad(v, (1, 1, 0, 0), mode="circular"), cols)
+        return n1 * along_rows + n2 * along_cols
+
+
+class FNOLayer(nn.Module):
+    """act(FiLM(K v + W v [+ D v], t)); act may be None (last layer); D: the optional local path."""
+
+    def __init__(self, width, modes, emb_dim, activation, local_path=False):
         super().__init__()
         self.spectral = SpectralConv2d(width, width, modes)
         self.pointwise = nn.Conv2d(width, width, 1)
+        self.local = DifferentialConv2d(width, width, modes) if local_path else None
         self.film = FiLM(emb_dim, width)
         self.activation = activation
 
     def forward(self, v, emb):
-        v = self.film(self.spectral(v) + self.pointwise(v), emb)
+        linear = self.spectral(v) + self.pointwise(v)
+        if self.local is not None:
+            linear = linear + self.local(v)
+        v = self.film(linear, emb)
         return self.activation(v) if self.activation is not None else v
 
 
@@ -161,7 +195,7 @@ class FNO(nn.Module):
     """a(y, t): (B, in_channels, n, n), (B,) -> (B, out_channels, n, n), any n."""
 
     def __init__(self, in_channels=1, out_channels=1, width=64, modes=14, n_layers=7,
-                 emb_dim=None, projection_channels=128, activation="gelu"):
+                 emb_dim=None, projection_channels=128, activation="gelu", local_path=False):
         super().__init__()
         emb_dim = emb_dim or 4 * width
         act = {"gelu": F.gelu, "identity": None}[activation]
@@ -169,7 +203,8 @@ class FNO(nn.Module):
         self.lift = nn.Conv2d(in_channels + 4, width, 1)
         self.lift_time = nn.Linear(emb_dim, width)
         self.layers = nn.ModuleList(
-            [FNOLayer(width, modes, emb_dim, act if i < n_layers - 1 else None) for i in range(n_layers)])
+            [FNOLayer(width, modes, emb_dim, act if i < n_layers - 1 else None, bool(local_path))
+             for i in range(n_layers)])
         self.project = nn.Sequential(nn.Conv2d(width, projection_channels, 1),
                                      nn.GELU() if act is not None else nn.Identity(),
                                      nn.Conv2d(projection_channels, out_channels, 1))

@@ -138,3 +138,63 @@ def test_the_spectral_transforms_hand_written_gradients_equal_autograds(n1, n2, 
     assert torch.allclose(mine, expected, rtol=0, atol=1e-14 * expected.abs().max())
     assert torch.autograd.gradcheck(lambda x: LowModes.apply(x, m), (v,))
     assert torch.autograd.gradcheck(lambda c: FromLowModes.apply(c, n1, n2), (low,))
+
+
+def sampled_waves(n1, n2):
+    """v = sin 2 pi (x + 2 y) + cos 2 pi (3 x) at the pixel centres of an n1 x n2 grid (x along
+    dim -2), and its exact derivatives d/dx, d/dy, d2/dx2, d2/dy2."""
+    x = ((torch.arange(n1, dtype=torch.float64) + 0.5) / n1)[:, None].expand(n1, n2)
+    y = ((torch.arange(n2, dtype=torch.float64) + 0.5) / n2)[None, :].expand(n1, n2)
+    tau = 2 * math.pi
+    phase = tau * (x + 2 * y)
+    v = torch.sin(phase) + torch.cos(3 * tau * x)
+    dx = tau * torch.cos(phase) - 3 * tau * torch.sin(3 * tau * x)
+    dy = 2 * tau * torch.cos(phase)
+    dxx = -tau ** 2 * torch.sin(phase) - 9 * tau ** 2 * torch.cos(3 * tau * x)
+    dyy = -4 * tau ** 2 * torch.sin(phase)
+    return [f[None, None] for f in (v, dx, dy, dxx, dyy)]
+
+
+@pytest.mark.parametrize("n1, n2", [(28, 28), (28, 42)])
+def test_the_local_path_tends_to_its_first_order_differential_operator(n1, n2):
+    """D v = a_x dv/dx + a_y dv/dy + (s_x h_x / 2) d2v/dx2 + (s_y h_y / 2) d2v/dy2 + O(h^2), with
+    a = w_+1 - w_-1 and s = w_+1 + w_-1 of the zero-sum stencil of each axis, each axis with its own
+    h: the first-order part alone is reached at rate h, the expansion to second order at rate h^2."""
+    from models.fno import DifferentialConv2d
+    local = DifferentialConv2d(1, 1, modes=4).double()
+    rows, cols = [0.3, 1.0, -0.5], [-0.2, 0.7, 0.4]  # far from zero-sum: a missing mean subtraction shows
+    with torch.no_grad():
+        local.rows.copy_(torch.tensor(rows, dtype=torch.float64).view(1, 1, 3, 1))
+        local.cols.copy_(torch.tensor(cols, dtype=torch.float64).view(1, 1, 1, 3))
+    a_x, a_y = rows[2] - rows[0], cols[2] - cols[0]
+    s_x, s_y = rows[2] + rows[0] - 2 * sum(rows) / 3, cols[2] + cols[0] - 2 * sum(cols) / 3
+    first, second = [], []
+    for scale in (1, 2, 4, 8):
+        v, dx, dy, dxx, dyy = sampled_waves(scale * n1, scale * n2)
+        with torch.no_grad():
+            out = local(v)
+        limit = a_x * dx + a_y * dy
+        expansion = limit + s_x / (2 * scale * n1) * dxx + s_y / (2 * scale * n2) * dyy
+        first.append(((out - limit).abs().max() / limit.abs().max()).item())
+        second.append(((out - expansion).abs().max() / limit.abs().max()).item())
+    assert first[-1] < 0.05 and second[-1] < 2e-3, (first, second)
+    assert all(1.8 < coarse / fine < 2.2 for coarse, fine in zip(first, first[1:])), first  # O(h)
+    assert all(3.6 < coarse / fine < 4.4 for coarse, fine in zip(second, second[1:])), second  # O(h^2)
+
+
+def test_an_fno_with_the_local_path_trains_and_keeps_its_grids_apart_only_by_h():
+    """local_path=1 adds one DifferentialConv2d per layer (2 stencils of 3 taps per channel pair);
+    the linear network's outputs on two grids differ by O(h), not by a factor of the grid size."""
+    torch.manual_seed(0)
+    plain = FNO(width=8, modes=6, n_layers=2, projection_channels=8, activation="identity").double()
+    torch.manual_seed(0)
+    local = FNO(width=8, modes=6, n_layers=2, projection_channels=8, activation="identity",
+                local_path=1).double()
+    extra = sum(p.numel() for p in local.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * (2 * 8 * 8 * 3)
+    t = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    outputs = {n: local(band_limited_batch(n, max_mode=3), t) for n in (28, 56, 112)}
+    gap = {n: (fourier_resample(outputs[n], 112) - outputs[112]).norm() / outputs[112].norm() for n in (28, 56)}
+    assert gap[56] < 0.6 * gap[28] and gap[28] < 0.3, gap
+    outputs[28].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in local.parameters())

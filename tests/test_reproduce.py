@@ -54,9 +54,11 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert len(rows) == 4
     natives = {(r["model"], r["seed"]): r["mmd_56_native"] for r in rows}
     assert natives[("unet", "0")] != "" and natives[("unet", "1")] == ""  # native on seed 0 only
+    assert all(r["mmd_56_native_bl"] != "" and r["n_56_native_bl"] == "10" for r in rows)  # every seed
     table = (results / "table.md").read_text()
     assert "Prior `standard`" in table and "n=10" in table and "n=6" in table and "+-" in table
     assert "real-vs-real 28" in table and "oracle" in table
+    assert "MMD 56 native-bl (n=10)" in table and reproduce.COLUMNS_NOTE in table
     assert "Hardware, all runs: " in table and all(r["host"] for r in rows)
     floors = json.load(open(results / "runs" / "tiny_val_floors.json"))
     assert set(floors) == {"0", "1"} and all(f["n"] == 8 and f["mmd"] > 0 for f in floors.values())
