@@ -280,7 +280,7 @@ def table_markdown(records, profile, total_seconds):
 
 def seeds_note(values, runs):
     """' (k seeds)' where a column has figures for only some of a cell's runs (but more than one)."""
-    return "" if len(values) in (1, len(runs)) else f" ({len(values)} seeds)"
+    return "" if len(values) in (0, 1, len(runs)) else f" ({len(values)} seeds)"
 
 
 def floors_line(group):

@@ -69,14 +69,19 @@ def build_parser():
     parser.add_argument("--num_samples_native", type=int, default=None,
                         help="samples for the 'native' figures, which cost (N/n0)^2 more "
                              "(default: --num_samples_mmd); floors are computed at this n too")
-    parser.add_argument("--sampler", default="em", choices=list(sde.SAMPLERS),
-                        help="'em': Euler-Maruyama on the reverse SDE (the reference); 'heun': Heun's "
+    parser.add_argument("--sampler", default="auto", choices=["auto", *sde.SAMPLERS],
+                        help="'auto': the network's measured choice, at most 50 score evaluations where "
+                             "that was no worse than em with 200 steps "
+                             f"({', '.join(f'{m}: {s} {k}' for m, (s, k) in AUTO_SAMPLERS.items())} steps; "
+                             "results/samplers_n1000.md); 'em': Euler-Maruyama on the reverse SDE (the "
+                             "reference, and the results table's protocol with 200 steps); 'heun': Heun's "
                              "method on the probability-flow ODE (2 score evaluations a step); "
                              "'ancestral': Gaussian bridge steps with the denoiser on the EDM sigma grid "
                              "(1 a step)")
-    parser.add_argument("--num_steps", type=int, default=200,
+    parser.add_argument("--num_steps", type=int, default=None,
                         help="sampler steps (em: N score evaluations; heun: 2N - 1 with the final "
-                             "denoiser, 2N - 2 without; ancestral: N with it, N - 1 without)")
+                             "denoiser, 2N - 2 without; ancestral: N with it, N - 1 without); default: "
+                             f"the auto choice's, else {DEFAULT_STEPS}")
     parser.add_argument("--tweedie", type=int, default=None, choices=[0, 1],
                         help="finish with the Tweedie denoiser E[X_0 | X_t] (no extra evaluation for "
                              "em, one for heun and ancestral); default: 0 for em (as the reference), "
@@ -100,6 +105,26 @@ def build_parser():
                         help="where to write results (default: RUN_FOLDER/eval-TIMESTAMP)")
     parser.add_argument("--progress", type=int, default=1, choices=[0, 1], help="progress bars")
     return parser
+
+
+# --sampler auto, per network: a sampler of at most 50 score evaluations where one scored below
+# Euler-Maruyama with 200 steps, else that reference. CNO and UNet at n = 1000 on the CPU profile's
+# seed-0 checkpoints (results/samplers_n1000.md): CNO Heun 13 0.0261 against 0.0389; the UNet's best,
+# ancestral 50, 0.0201 against 0.0157. FNO at n = 300 only (results/samplers.md): 0.059 against 0.068.
+AUTO_SAMPLERS = {"unet": ("em", 200), "cno": ("heun", 13), "fno": ("heun", 13)}
+DEFAULT_STEPS = 200  # an explicitly named --sampler without --num_steps
+
+
+def resolve_sampler(args, model_name):
+    """--sampler auto -> the network's (sampler, steps); an absent --num_steps -> the default.
+    Idempotent; returns a line saying what auto chose (None when nothing was chosen)."""
+    if args.sampler != "auto":
+        args.num_steps = DEFAULT_STEPS if args.num_steps is None else args.num_steps
+        return None
+    args.sampler, steps = AUTO_SAMPLERS[model_name]
+    args.num_steps = steps if args.num_steps is None else args.num_steps
+    return (f"sampler: auto -> {args.sampler} with {args.num_steps} steps for the {model_name} "
+            f"(results/samplers_n1000.md; --sampler em --num_steps 200 is the results table's protocol)")
 
 
 def resolve_checkpoint(name, out_dir, which):
@@ -261,6 +286,7 @@ NATIVE_NOTE = ("note: 'native' runs the network trained at {n0} on the {n}x{n} g
 
 def evaluate(args, state, device, folder, critic=None):
     """All requested figures as a list of dicts; grids written to `folder`."""
+    resolve_sampler(args, state["model_name"])  # callers that parsed test.py's flags themselves
     model, prior, config = restore(state, device, args.weights)
     n0 = config["input_height"]
     if critic is not None and n0 % critic.n0:
@@ -344,7 +370,10 @@ def main(argv=None):
     state = load_checkpoint(path)
     args.data_root, data_line = data_root_of(args, state)
     test_size = len(data.load_mnist(args.data_root, train=False, quiet=True).labels)
+    chosen = resolve_sampler(args, state["model_name"])
     validate(args, state["config"]["input_height"], test_size)
+    if chosen:
+        print(chosen, flush=True)
     folder = args.results_dir or os.path.join(os.path.dirname(os.path.abspath(path)), f"eval-{timestamp()}")
     if os.path.isdir(folder) and os.listdir(folder):
         raise UserError(f"--results_dir {folder} already holds results; choose another folder")

@@ -59,6 +59,8 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert "Prior `standard`" in table and "n=10" in table and "n=6" in table and "+-" in table
     assert "real-vs-real 28" in table and "oracle" in table
     assert "MMD 56 native-bl (n=10)" in table and reproduce.COLUMNS_NOTE in table
+    assert reproduce.seeds_note([], [1, 2]) == "" and reproduce.seeds_note([0.1], [1, 2, 3]) == ""
+    assert reproduce.seeds_note([0.1, 0.2], [1, 2, 3]) == " (2 seeds)"
     assert "Hardware, all runs: " in table and all(r["host"] for r in rows)
     floors = json.load(open(results / "runs" / "tiny_val_floors.json"))
     assert set(floors) == {"0", "1"} and all(f["n"] == 8 and f["mmd"] > 0 for f in floors.values())

@@ -51,7 +51,7 @@ def test_evaluation_reports_every_mode_with_floors_and_oracles(trained, tmp_path
     from utils import load_checkpoint
 
     results = tmp_path / "eval"
-    code, out = evaluate(trained, "--upscale", "2", "--resolution", "42", "--sample_mode", "all",
+    code, out = evaluate(trained, "--upscale", "2", "--resolution", "42", "--sample_mode", "all", "--sampler", "em",
                          "--num_samples_native", "6", "--results_dir", str(results), capsys=capsys)
     assert code == 0, out.err
     assert "'native' runs the network trained at 28 on the 42x42 grid as it is" in out.out
@@ -191,6 +191,36 @@ def test_the_sigma_grid_samplers_are_selectable_and_recorded(trained, tmp_path, 
     report = json.loads((tmp_path / "h" / "results.json").read_text())
     assert report["sampler"] == sampler and report["tweedie"] is True
     assert report["score_evaluations"] == evaluations
+
+
+def test_the_default_sampler_is_the_networks_measured_choice(trained, tmp_path, capsys):
+    """No --sampler: the network's entry of AUTO_SAMPLERS (the tiny run is a UNet), said on the
+    console and recorded; --num_steps still overrides the steps."""
+    code, out = evaluate(trained, "--upscale", "1", "--results_dir", str(tmp_path / "a"), capsys=capsys)
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "a" / "results.json").read_text())
+    sampler, _ = evaluate_cli.AUTO_SAMPLERS["unet"]
+    assert report["sampler"] == sampler and report["num_steps"] == 3  # the helper passes --num_steps 3
+    assert f"sampler: auto -> {sampler} with 3 steps for the unet" in out.out
+    assert report["tweedie"] is (sampler != "em")  # each sampler's own default for the last step
+
+
+@pytest.mark.parametrize("model", sorted(evaluate_cli.AUTO_SAMPLERS))
+def test_auto_resolves_per_network_and_an_explicit_sampler_keeps_200_steps(model):
+    parser = evaluate_cli.build_parser()
+    args = parser.parse_args(["--save_model", "x"])
+    line = evaluate_cli.resolve_sampler(args, model)
+    sampler, steps = evaluate_cli.AUTO_SAMPLERS[model]
+    assert (args.sampler, args.num_steps) == (sampler, steps) and model in line
+    assert sde_evaluations(sampler, steps) <= 50 or (sampler, steps) == ("em", 200)  # the promise of auto
+    assert evaluate_cli.resolve_sampler(args, model) is None and (args.sampler, args.num_steps) == (sampler, steps)
+    explicit = parser.parse_args(["--save_model", "x", "--sampler", "em"])
+    assert evaluate_cli.resolve_sampler(explicit, model) is None and explicit.num_steps == 200
+
+
+def sde_evaluations(sampler, steps):
+    import sde
+    return sde.score_evaluations(sampler, steps, sampler in sde.SIGMA_GRID_SAMPLERS)
 
 
 def test_frechet_distance_and_class_histogram_with_a_classifier(trained, tmp_path, capsys):
