@@ -207,20 +207,18 @@ def test_the_default_sampler_is_the_networks_measured_choice(trained, tmp_path, 
 
 @pytest.mark.parametrize("model", sorted(evaluate_cli.AUTO_SAMPLERS))
 def test_auto_resolves_per_network_and_an_explicit_sampler_keeps_200_steps(model):
+    import sde
+
     parser = evaluate_cli.build_parser()
     args = parser.parse_args(["--save_model", "x"])
     line = evaluate_cli.resolve_sampler(args, model)
     sampler, steps = evaluate_cli.AUTO_SAMPLERS[model]
     assert (args.sampler, args.num_steps) == (sampler, steps) and model in line
-    assert sde_evaluations(sampler, steps) <= 50 or (sampler, steps) == ("em", 200)  # the promise of auto
+    evaluations = sde.score_evaluations(sampler, steps, evaluate_cli.tweedie_flag(args))
+    assert evaluations <= 50 or (sampler, steps) == ("em", 200)  # the promise of auto
     assert evaluate_cli.resolve_sampler(args, model) is None and (args.sampler, args.num_steps) == (sampler, steps)
     explicit = parser.parse_args(["--save_model", "x", "--sampler", "em"])
     assert evaluate_cli.resolve_sampler(explicit, model) is None and explicit.num_steps == 200
-
-
-def sde_evaluations(sampler, steps):
-    import sde
-    return sde.score_evaluations(sampler, steps, sampler in sde.SIGMA_GRID_SAMPLERS)
 
 
 def test_frechet_distance_and_class_histogram_with_a_classifier(trained, tmp_path, capsys):
