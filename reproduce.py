@@ -120,17 +120,20 @@ def train_run(args, settings, model, prior, seed, folder):
 
 
 def evaluate_run(args, settings, model, prior, seed, folder, out_json):
-    """Evaluate the last checkpoint of a run (EMA weights) at 28 and at 56 in resample and native-bl
-    mode (and the raw native ablation for the profile's native seeds), with the profile's sampler
-    (Euler-Maruyama 200 steps, the table's protocol, unless it names another)."""
+    """Evaluate the last checkpoint of a run (EMA weights) at 28 and at 56 in the profile's sample
+    modes (resample and native-bl unless it names others; the raw native ablation for the profile's
+    native seeds), with the profile's sampler (Euler-Maruyama 200 steps, the table's protocol,
+    unless it names another; num_steps None leaves the steps to the sampler, auto's to the network)."""
     name = run_name(model, prior, seed)
     run_folder = os.path.join(folder, name)
     native_seeds = args.native_seeds if args.native_seeds is not None else settings["eval"]["native_seeds"]
     native = native_seeds is None or seed in native_seeds
+    modes = settings["eval"].get("sample_modes", ["resample", "native-bl"])
+    steps = settings["eval"].get("num_steps", 200)  # None: the sampler's own (auto: the network's)
     flags = ["--save_model", run_folder, "--checkpoint", "last", "--upscale", "2",
-             "--sample_mode", "resample", "native-bl", *(["native"] if native else []), "--seed", str(seed),
+             "--sample_mode", *modes, *(["native"] if native else []), "--seed", str(seed),
              "--sampler", settings["eval"].get("sampler", "em"),
-             "--num_steps", str(settings["eval"].get("num_steps", 200)),
+             *(["--num_steps", str(steps)] if steps is not None else []),
              "--data_root", args.data_root, "--device", args.device, "--progress", str(args.progress),
              "--results_dir", os.path.join(run_folder, "eval"),
              "--num_samples_mmd", str(settings["eval"]["num_samples_mmd"]),

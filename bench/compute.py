@@ -12,6 +12,12 @@ floors at the same n) and results/compute.png (MMD at 28 against minutes, log-lo
 network, the real-vs-real floor as a band) are rebuilt after every run. Finished runs are
 skipped, interrupted ones resume (reproduce.py's machinery). A budget is wall-clock time, so
 it depends on the machine: every record names its host and the steps it reached.
+
+Levers: `--variant NAME --train_option KEY=VALUE ...` trains the same budgets with main.py's
+options changed (e.g. `--variant edm --train_option parametrization=edm`, `--variant local
+--train_option model_arg=local_path=1`); such runs are recorded beside the base runs
+(NAME in the record's file name) and compute.md gains a lever table, each variant against the
+base run of the same network and budget.
 """
 import argparse
 import json
@@ -21,23 +27,58 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import main as training  # noqa: E402
 import reproduce  # noqa: E402
+import sde  # noqa: E402
+import test as evaluation  # noqa: E402
 from utils import UserError, run_main, versions  # noqa: E402
 
 
+BASE = "base"
+# what every run of the curves shares, set by this script and not by --train_option
+FIXED_OPTIONS = {"model", "seed", "minutes", "n_epochs", "prior_name", "data_root", "out_dir", "save_model",
+                 "resume", "device", "progress", "val_every", "subset", "train_limit", "input_height"}
+
+
+def parse_train_options(pairs):
+    """--train_option KEY=VALUE ... -> {KEY: value typed and checked by main.py's own parser}."""
+    flags, keys = [], []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--train_option {pair!r}: expected KEY=VALUE, e.g. parametrization=edm")
+        if key in FIXED_OPTIONS:
+            raise UserError(f"--train_option {key}: set by bench/compute.py itself (budget, seed, prior, "
+                            f"data); choose among the other options of `python main.py --help`")
+        if key not in training.TrainConfig.__dataclass_fields__:
+            raise UserError(f"--train_option {key}: not an option of main.py (see python main.py --help)")
+        flags += [f"--{key}", value]
+        keys.append(key)
+    parsed = vars(training.build_parser().parse_args(flags))
+    return {key: parsed[key] for key in keys}
+
+
 def settings_for(args, budget):
-    """reproduce.py's settings for one budget: the CPU profile's sizes, a time budget, this sampler."""
+    """reproduce.py's settings for one budget: the CPU profile's sizes, a time budget, this sampler,
+    the variant's options."""
     cpu = reproduce.PROFILES["cpu"]
     train = {**cpu["train"], "lr_schedule": args.lr_schedule, "warmup_steps": args.warmup_steps,
              "val_every": 0}
-    models = {name: {**cpu["models"][name], "n_epochs": 10**6, "minutes": float(budget)} for name in args.models}
+    models = {name: {**cpu["models"][name], "n_epochs": 10**6, "minutes": float(budget), **args.options}
+              for name in args.models}
     evaluation = {"num_samples_mmd": args.num_samples, "num_samples_native": args.num_samples,
-                  "resample_noise": "n0", "native_seeds": [], "sampler": args.sampler, "num_steps": args.num_steps}
+                  "resample_noise": "n0", "native_seeds": [], "sampler": args.sampler, "num_steps": args.num_steps,
+                  "sample_modes": args.sample_modes}
     return {"train": train, "models": models, "eval": evaluation}
 
 
+def variant_suffix(args):
+    return "" if args.variant == BASE else f"_{args.variant}"
+
+
 def record_path(args, model, budget):
-    return os.path.join(args.results, "compute", f"{model}_{args.prior}_{budget:g}min_s{args.seed}.json")
+    name = f"{model}_{args.prior}_{budget:g}min_s{args.seed}{variant_suffix(args)}.json"
+    return os.path.join(args.results, "compute", name)
 
 
 def load_records(args):
@@ -50,32 +91,75 @@ def load_records(args):
 def row(record):
     low = reproduce.column(record, "n0")
     res = reproduce.column(record, "resample") or {}
-    return {"model": record["model"], "minutes": record["budget_minutes"], "steps": record["steps"],
+    return {"model": record["model"], "variant": record.get("variant", BASE),
+            "options": record.get("train_options", {}), "sampler": sampler_of(record),
+            "minutes": record["budget_minutes"], "steps": record["steps"],
             "mmd_28": low["mmd"], "floor_28": low["floor_real"], "mmd_56": res.get("mmd"),
             "floor_56": res.get("floor_real"), "fd_28": low.get("fd"), "fd_floor": low.get("fd_floor"),
             "n": low["n"], "host": reproduce.hardware(record)}
 
 
+def sampler_of(record):
+    """'heun 13 (25 NFE)': the sampler the record's evaluation ran (auto resolved)."""
+    low = reproduce.column(record, "n0") or {}
+    evaluations = f" ({low['score_evaluations']} NFE)" if "score_evaluations" in low else ""
+    return record.get("sampler", "-") + evaluations
+
+
+def resolved_sampler(args, model):
+    """'heun 13': what test.py runs for this network with --sampler/--num_steps (auto resolved)."""
+    chosen = argparse.Namespace(sampler=args.sampler, num_steps=args.num_steps)
+    evaluation.resolve_sampler(chosen, model)
+    return f"{chosen.sampler} {chosen.num_steps}"
+
+
+def fmt(value, digits=4):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def lever_lines(rows):
+    """Each variant against the base run of its network and budget: before -> after."""
+    base = {(r["model"], r["minutes"]): r for r in rows if r["variant"] == BASE}
+    lines = []
+    for r in rows:
+        before = base.get((r["model"], r["minutes"]))
+        if r["variant"] == BASE or before is None:
+            continue
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        lines.append(f"| {r['model']} | {r['minutes']:g} | {r['variant']} ({options}) | "
+                     f"{fmt(before['mmd_28'])} -> {fmt(r['mmd_28'])} | {fmt(before['mmd_56'])} -> {fmt(r['mmd_56'])} | "
+                     f"{fmt(before['fd_28'], 1)} -> {fmt(r['fd_28'], 1)} | {before['steps']} -> {r['steps']} | "
+                     f"{before['sampler']} / {r['sampler']} | {r['n']} |")
+    if not lines:
+        return []
+    return ["", "## Levers", "",
+            "Each variant against the base run of the same network and budget (seed, prior, data and "
+            "evaluation as above): base -> variant.", "",
+            "| model | budget min | lever (options) | MMD 28 | MMD 56 resample | FD 28 | steps | sampler | n |",
+            "|---|---|---|---|---|---|---|---|---|", *lines]
+
+
 def write_report(args, records, command):
     rows = sorted((row(r) for r in records), key=lambda r: (r["model"], r["minutes"]))
-    lines = ["# Quality against compute", "",
-             f"Command: `{command}`. Each network at the CPU profile's size, seed {args.seed}, prior "
-             f"`{args.prior}`, full MNIST, trained for the budget (`main.py --minutes B`, cosine schedule to "
-             f"the end of the budget, warm-up {args.warmup_steps} steps), scored by test.py with "
-             f"{args.sampler} {args.num_steps} steps at n = {args.num_samples} against MNIST test; 56 = "
-             f"the 28 samples Fourier-interpolated (resample). Floors: real train vs real test at the same "
-             f"n. torch {versions()['torch']}.", ""]
+    commands = sorted({r.get("command", command) for r in records}, key=lambda c: ("--variant" in c, c))
+    lines = ["# Quality against compute", "", "Made by (the base runs first, then each lever's):", "",
+             *[f"    {c}" for c in commands or [command]], "",
+             f"Each network at the CPU profile's size, seed {args.seed}, prior `{args.prior}`, full MNIST, "
+             f"trained for the budget (`main.py --minutes B`; the learning-rate schedule and warm-up as the "
+             f"command says, a cosine schedule ends at the budget), scored by test.py with the row's sampler "
+             f"(NFE: score evaluations per sample) at n = {args.num_samples} against MNIST test; 56 = the 28 "
+             f"samples Fourier-interpolated (resample). Floors: real train vs real test at the same n. "
+             f"torch {versions()['torch']}.", ""]
     hosts = sorted({r["host"] for r in rows})
     lines += [f"Hardware: {'; '.join(hosts)}." if hosts else "No run has finished yet.", "",
-              "| model | budget min | steps | MMD 28 | floor 28 | MMD 56 resample | floor 56 | FD 28 | FD floor |",
-              "|---|---|---|---|---|---|---|---|---|"]
-
-    def fmt(value, digits=4):
-        return "-" if value is None else f"{value:.{digits}f}"
-
+              "| model | variant | budget min | steps | sampler | MMD 28 | floor 28 | MMD 56 resample | floor 56 "
+              "| FD 28 | FD floor |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['minutes']:g} | {r['steps']} | {fmt(r['mmd_28'])} | {fmt(r['floor_28'])} | "
-                     f"{fmt(r['mmd_56'])} | {fmt(r['floor_56'])} | {fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} |")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['minutes']:g} | {r['steps']} | {r['sampler']} | "
+                     f"{fmt(r['mmd_28'])} | {fmt(r['floor_28'])} | {fmt(r['mmd_56'])} | {fmt(r['floor_56'])} | "
+                     f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} |")
+    lines += lever_lines(rows)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "compute.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -84,15 +168,17 @@ def write_report(args, records, command):
 
 
 def draw(rows, path):
-    """MMD at 28 against training minutes, log-log, one line per network; the floor as a band."""
+    """MMD at 28 against training minutes, log-log, one line per network (variants dashed); the
+    floor as a band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for model in sorted({r["model"] for r in rows}):
-        points = sorted((r["minutes"], r["mmd_28"]) for r in rows if r["model"] == model)
-        ax.plot(*zip(*points), marker="o", label=model)
+    for model, variant in sorted({(r["model"], r["variant"]) for r in rows}):
+        points = sorted((r["minutes"], r["mmd_28"]) for r in rows if (r["model"], r["variant"]) == (model, variant))
+        ax.plot(*zip(*points), marker="o", linestyle="-" if variant == BASE else "--",
+                label=model if variant == BASE else f"{model} ({variant})")
     floors = [r["floor_28"] for r in rows]
     low, high = min(floors), max(floors)
     ax.axhspan(low, high if high > low else low * 1.02, color="gray", alpha=0.3,
@@ -117,8 +203,17 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr_schedule", default="cosine", choices=["constant", "cosine"])
     parser.add_argument("--warmup_steps", type=int, default=100)
-    parser.add_argument("--sampler", default="ancestral", help="test.py's sampler")
-    parser.add_argument("--num_steps", type=int, default=50, help="sampler steps")
+    parser.add_argument("--sampler", default="auto", choices=["auto", *sde.SAMPLERS],
+                        help="test.py's sampler (auto: the network's measured default, test.AUTO_SAMPLERS)")
+    parser.add_argument("--num_steps", type=int, default=None,
+                        help="sampler steps (default: auto's for the network, else 200)")
+    parser.add_argument("--sample_modes", nargs="+", default=["resample"], choices=["resample", "native-bl"],
+                        help="56-grid modes scored beside 28 (native-bl doubles the evaluation's cost)")
+    parser.add_argument("--variant", default=BASE,
+                        help=f"name of the lever tried ('{BASE}': the profile as it is); needs --train_option")
+    parser.add_argument("--train_option", action="append", metavar="KEY=VALUE",
+                        help="a main.py option of this variant, repeatable: e.g. parametrization=edm, "
+                             "ema_decay=0.99, model_arg=local_path=1")
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--data_root", default="./data")
     parser.add_argument("--runs_dir", default="runs/compute", help="checkpoints (not committed)")
@@ -127,7 +222,14 @@ def parse_args(argv=None):
     parser.add_argument("--commit", action="store_true", help="git-commit the results after each run")
     parser.add_argument("--progress", type=int, default=0, choices=[0, 1])
     parser.add_argument("--summary_only", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not all(c.isalnum() or c in "-_." for c in args.variant):
+        raise UserError(f"--variant {args.variant!r}: letters, digits, '-', '_' and '.' only (it names files)")
+    args.options = parse_train_options(args.train_option)
+    if (args.variant == BASE) != (not args.options):
+        raise UserError(f"--variant names the lever that --train_option sets: give both, or neither for "
+                        f"the base runs (got --variant {args.variant} and {len(args.options)} options)")
+    return args
 
 
 def main(argv=None):
@@ -140,7 +242,7 @@ def main(argv=None):
     if not args.summary_only:
         for budget in sorted(args.budgets):  # budget-major: every network has its short runs early
             settings = settings_for(args, budget)
-            folder = os.path.join(args.runs_dir, f"{budget:g}min")
+            folder = os.path.join(args.runs_dir, f"{budget:g}min{variant_suffix(args)}")
             for model in args.models:
                 out = record_path(args, model, budget)
                 if os.path.exists(out):
@@ -150,7 +252,8 @@ def main(argv=None):
                 reproduce.evaluate_run(args, settings, model, args.prior, args.seed, folder, out)
                 with open(out) as f:
                     record = json.load(f)
-                record["budget_minutes"] = budget
+                record.update(budget_minutes=budget, variant=args.variant, train_options=args.options,
+                              sampler=resolved_sampler(args, model), command=command)
                 reproduce.write_json(record, out)
                 write_report(args, load_records(args), command)
                 if args.commit:

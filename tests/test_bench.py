@@ -122,14 +122,57 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
         assert record["budget_minutes"] == 0.005 and record["train_config"]["minutes"] == 0.005
         assert record["train_config"]["lr_schedule"] == "cosine" and record["steps"] >= 1
         assert reproduce.column(record, "resample")["n"] == 8
+        assert reproduce.column(record, "native-bl") is None  # the curves score resample only
+        assert record["variant"] == "base" and record["train_config"]["ema_decay"] == 0.999
+    assert {r["model"]: r["sampler"] for r in records} == {"unet": "em 2", "fno": "heun 2"}  # auto's samplers
     table = (tmp_path / "results" / "compute.md").read_text()
     assert table.count("| 0.005 |") == 2 and (tmp_path / "results" / "compute.png").exists()
+    assert "## Levers" not in table
+
+    # a lever: the same budget with one option changed, recorded beside the base run and compared with it
+    lever = ["--models", "unet"] + argv[3:] + ["--variant", "fastema", "--train_option", "ema_decay=0.9"]
+    compute.main(lever)
+    records = compute.load_records(compute.parse_args(argv))
+    assert len(records) == 3
+    variant = next(r for r in records if r["variant"] == "fastema")
+    assert variant["train_config"]["ema_decay"] == 0.9 and variant["train_options"] == {"ema_decay": 0.9}
+    assert (tmp_path / "results" / "compute" / "unet_standard_0.005min_s0_fastema.json").exists()
+    base = next(r for r in records if r["variant"] == "base" and r["model"] == "unet")
+    table = (tmp_path / "results" / "compute.md").read_text()
+    before, after = (reproduce.column(r, "n0")["mmd"] for r in (base, variant))
+    assert f"| unet | 0.005 | fastema (ema_decay=0.9) | {before:.4f} -> {after:.4f} |" in table
+    assert "--variant fastema" in table  # each lever's command is written at the top
 
     def never(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(reproduce, "train_run", never)
     compute.main(argv)
+    compute.main(lever)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--variant", "x", "--train_option", "seed=3"], "seed: set by bench/compute.py"),
+    (["--variant", "x", "--train_option", "widht=3"], "widht: not an option of main.py"),
+    (["--variant", "x", "--train_option", "ema_decay"], "expected KEY=VALUE"),
+    (["--variant", "x"], "give both, or neither"),
+    (["--train_option", "ema_decay=0.9"], "give both, or neither"),
+    (["--variant", "a/b", "--train_option", "ema_decay=0.9"], "letters, digits"),
+])
+def test_compute_levers_refuse_bad_options_with_the_flag_named(flags, message):
+    import bench.compute as compute
+    from utils import UserError
+
+    with pytest.raises(UserError, match=message):
+        compute.parse_args(flags)
+
+
+def test_compute_lever_options_are_typed_by_main_py():
+    import bench.compute as compute
+
+    args = compute.parse_args(["--variant", "v", "--train_option", "ema_decay=0.99", "--train_option",
+                               "parametrization=edm", "--train_option", "model_arg=local_path=1"])
+    assert args.options == {"ema_decay": 0.99, "parametrization": "edm", "model_arg": ["local_path=1"]}
 
 
 def test_mutation_scores_count_crashes_and_timeouts_as_killed_and_leave_judged_equivalents_out():
