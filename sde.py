@@ -15,7 +15,8 @@ optionally ending with Tweedie's denoiser E[X_0 | X_t] = (y + s^2 a / g) / m.
 Probability-flow ODE (same marginals, deterministic given y_1 = A z), Heun's method:
 dy/dt = -1/2 (b(t) y + g(t) a(y, t)), integrated in EDM's variables (see `heun_ode`).
 Ancestral sampling: the reverse process's exact Gaussian steps for a point mass, with the
-data replaced by the denoiser at each step (see `ancestral`).
+data replaced by the denoiser at each step (see `ancestral`); DPM-Solver++(2M), the same steps
+with the denoiser extended linearly in log sigma through the step before (see `dpm2m`).
 """
 import math
 
@@ -255,7 +256,7 @@ def heun_ode(score_net, prior, shape, num_steps=25, generator=None, device=None,
 
 @torch.inference_mode()
 def ancestral(score_net, prior, shape, num_steps=50, generator=None, device=None, noise_grid=None,
-              progress=None, clamp=True, tweedie=True):
+              progress=None, clamp=True, tweedie=True, multistep=False):
     """Sample by ancestral (DDPM-type) steps of the reverse SDE on EDM's sigma grid.
 
     In x~ = y / m(t), sigma = s(t) / m(t) the forward process is X~_sigma = X_0 + sigma A z, a
@@ -267,9 +268,11 @@ def ancestral(score_net, prior, shape, num_steps=50, generator=None, device=None
     Steps over `sigma_grid`; the last, to sigma = 0, returns D: N score evaluations.
     tweedie=False stops at sigma_min instead (N - 1 evaluations). Noise A z' drawn as in
     `euler_maruyama` (so the `resample` protocol applies unchanged).
+    multistep: the second-order step of `dpm2m` (the same noise, the same evaluations).
     """
-    x, sigmas, steps_run = _start_on_sigma_grid("ancestral", prior, shape, num_steps, tweedie, noise_grid,
-                                                generator, device)
+    x, sigmas, steps_run = _start_on_sigma_grid("dpm2m" if multistep else "ancestral", prior, shape, num_steps,
+                                                tweedie, noise_grid, generator, device)
+    previous = None  # (D, h) of the step before, for the multistep correction
     for i in range(steps_run):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         x0 = denoise_at_sigma(score_net, x, sigma)
@@ -277,21 +280,47 @@ def ancestral(score_net, prior, shape, num_steps=50, generator=None, device=None
         x = x0 + ratio * (x - x0)
         if sigma_next > 0:
             x = x + sigma_next * math.sqrt(1 - ratio) * _draw_noise(prior, shape, noise_grid, generator, device)
+            h = math.log(sigma / sigma_next)
+            if multistep and previous is not None:
+                x0_previous, h_previous = previous
+                x = x + (1 - ratio) * h / (2 * h_previous) * (x0 - x0_previous)
+            previous = (x0, h)
         if progress is not None:
             progress.update(1)
     return _finish_on_sigma_grid(x, sigmas, tweedie, clamp)
 
 
-SAMPLERS = {"em": euler_maruyama, "heun": heun_ode, "ancestral": ancestral}
+def dpm2m(score_net, prior, shape, num_steps=50, generator=None, device=None, noise_grid=None,
+          progress=None, clamp=True, tweedie=True):
+    """Sample by DPM-Solver++(2M) in its SDE form (Lu et al. 2022), on EDM's sigma grid.
+
+    In lambda = -log sigma, the reverse SDE of x~ (the ancestral sampler's process) has the exact
+    step from sigma to sigma' < sigma, h = lambda' - lambda = log(sigma / sigma'), r = e^{-2h}:
+        x~' = r x~ + int_lambda^lambda' 2 e^{-2 (lambda' - u)} D(u) du + sigma' sqrt(1 - r) A z'.
+    `ancestral` holds D at its value at lambda (integral (1 - r) D): first order in h. Here D is
+    extended linearly in lambda through the previous step's denoiser,
+    D(u) ~ D + (u - lambda) (D - D_prev) / h_prev, and taken at the step's midpoint (the midpoint
+    rule for the integral; "midpoint" form of k-diffusion): the step adds
+        (1 - r) (h / (2 h_prev)) (D - D_prev),
+    second order in h, with the ancestral sampler's noise and its N score evaluations. (The exact
+    integral of the linear extension, coefficient (h / h_prev) (1 - (1 - r) / (2 h)), overshot the
+    variance of Gaussian data by 60-150% at 12-25 steps, the midpoint form by about 20%.) The
+    first step (no D_prev) is the ancestral step; the last, to sigma = 0, returns D.
+    """
+    return ancestral(score_net, prior, shape, num_steps, generator, device, noise_grid, progress, clamp,
+                     tweedie, multistep=True)
+
+
+SAMPLERS = {"em": euler_maruyama, "heun": heun_ode, "ancestral": ancestral, "dpm2m": dpm2m}
 # samplers that run on the sigma grid and, without the final denoiser, stop one step early
-SIGMA_GRID_SAMPLERS = ("heun", "ancestral")
+SIGMA_GRID_SAMPLERS = ("heun", "ancestral", "dpm2m")
 
 
 def score_evaluations(sampler, num_steps, tweedie):
     """Number of score-network calls per sample (the cost measure of a sampler)."""
     if sampler == "em":
         return num_steps
-    if sampler == "ancestral":
+    if sampler in ("ancestral", "dpm2m"):
         return num_steps if tweedie else num_steps - 1
     return 2 * num_steps - 1 if tweedie else 2 * num_steps - 2
 

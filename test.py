@@ -77,15 +77,16 @@ def build_parser():
                              "reference, and the results table's protocol with 200 steps); 'heun': Heun's "
                              "method on the probability-flow ODE (2 score evaluations a step); "
                              "'ancestral': Gaussian bridge steps with the denoiser on the EDM sigma grid "
-                             "(1 a step)")
+                             "(1 a step); 'dpm2m': DPM-Solver++(2M), the ancestral steps made second "
+                             "order with the previous step's denoiser (1 a step)")
     parser.add_argument("--num_steps", type=int, default=None,
                         help="sampler steps (em: N score evaluations; heun: 2N - 1 with the final "
-                             "denoiser, 2N - 2 without; ancestral: N with it, N - 1 without); default: "
+                             "denoiser, 2N - 2 without; ancestral, dpm2m: N with it, N - 1 without); default: "
                              f"the auto choice's, else {DEFAULT_STEPS}")
     parser.add_argument("--tweedie", type=int, default=None, choices=[0, 1],
                         help="finish with the Tweedie denoiser E[X_0 | X_t] (no extra evaluation for "
-                             "em, one for heun and ancestral); default: 0 for em (as the reference), "
-                             "1 for heun and ancestral. A sampler that runs on a grid finer than n0 "
+                             "em, one for the others); default: 0 for em (as the reference), "
+                             "1 for the others. A sampler that runs on a grid finer than n0 "
                              "('native-bl', 'native') always ends with it")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed (also picks the real images); sample i depends only on "

@@ -6,8 +6,8 @@
 For each checkpoint and each budget of score evaluations (NFE, --budgets): Euler-Maruyama
 (the reference), Euler-Maruyama ending with Tweedie's denoiser (budgets <= 50, where the
 last step is large), Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen
-so that 2N - 1 <= budget), and ancestral sampling on the same sigma grid (N steps = N
-evaluations). Every configuration draws --num_samples images at 28 with the same seed; the 56
+so that 2N - 1 <= budget), ancestral sampling on the same sigma grid (N steps = N
+evaluations) and DPM-Solver++(2M), its second-order form (the same cost). Every configuration draws --num_samples images at 28 with the same seed; the 56
 figure is the same samples Fourier-upsampled (the resample protocol with n0 noise). Also the raw
 weights against the EMA weights at the largest EM budget.
 """
@@ -28,8 +28,9 @@ from bench.report import write_report  # noqa: E402
 from utils import load_checkpoint, run_main, versions  # noqa: E402
 
 
-SAMPLER_LABELS = ("em", "em+tweedie", "heun", "ancestral")
-COLORS = {"em": "tab:blue", "em+tweedie": "tab:green", "heun": "tab:orange", "ancestral": "tab:red"}
+SAMPLER_LABELS = ("em", "em+tweedie", "heun", "ancestral", "dpm2m")
+COLORS = {"em": "tab:blue", "em+tweedie": "tab:green", "heun": "tab:orange", "ancestral": "tab:red",
+          "dpm2m": "tab:purple"}
 
 
 def configurations(budgets, has_ema=True, samplers=SAMPLER_LABELS, heun_budgets=None, compare_raw=True):
@@ -40,8 +41,9 @@ def configurations(budgets, has_ema=True, samplers=SAMPLER_LABELS, heun_budgets=
             rows.append(("em", "em", budget, False, "ema"))
         if "heun" in samplers and budget in (heun_budgets or budgets):
             rows.append(("heun", "heun", (budget + 1) // 2, True, "ema"))
-        if "ancestral" in samplers:
-            rows.append(("ancestral", "ancestral", budget, True, "ema"))
+        for name in ("ancestral", "dpm2m"):
+            if name in samplers:
+                rows.append((name, name, budget, True, "ema"))
         if "em+tweedie" in samplers and budget <= 50:  # the denoiser matters where the last EM step is large
             rows.append(("em+tweedie", "em", budget, True, "ema"))
     if has_ema and compare_raw:  # without EMA weights the two rows would be the same network

@@ -13,8 +13,8 @@ def test_sampler_plan_follows_the_chosen_samplers_and_budgets():
     assert [(label, steps) for label, _, steps, _, _ in plan] == [
         ("em", 25), ("heun", 13), ("ancestral", 25), ("em+tweedie", 25),
         ("em", 100), ("ancestral", 100), ("em, raw weights", 100)]
-    only = configurations([50], samplers=("ancestral",), compare_raw=False)
-    assert only == [("ancestral", "ancestral", 50, True, "ema")]
+    only = configurations([50], samplers=("ancestral", "dpm2m"), compare_raw=False)
+    assert only == [("ancestral", "ancestral", 50, True, "ema"), ("dpm2m", "dpm2m", 50, True, "ema")]
     assert all(weights == "ema" for *_, weights in configurations([50], has_ema=False))
 
 

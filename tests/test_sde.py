@@ -247,13 +247,15 @@ def test_heun_with_the_final_denoiser_ends_on_the_data_for_a_point_mass():
     assert (out - 0.4).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("sampler", ["ancestral", "dpm2m"])
 @pytest.mark.parametrize("prior_name", ["standard", "lap_conv"])
-def test_ancestral_steps_are_exact_for_a_point_mass_at_any_step_size(prior_name):
+def test_ancestral_steps_are_exact_for_a_point_mass_at_any_step_size(prior_name, sampler):
     """Each step samples the Brownian bridge of x~ = c + sigma A z exactly, so 3 steps end at
-    sigma_min with x~ - c distributed as sigma_min A z (Euler-Maruyama is far off at 3 steps)."""
+    sigma_min with x~ - c distributed as sigma_min A z (Euler-Maruyama is far off at 3 steps).
+    DPM-Solver++(2M) too: its correction vanishes where D does not change."""
     prior = build_prior(prior_name, N0)
-    out = sde.ancestral(GaussianScore(0.4, 0.0), prior, (256, 1, N0, N0), 3, torch.Generator().manual_seed(0),
-                        clamp=False, tweedie=False).double()
+    out = sde.SAMPLERS[sampler](GaussianScore(0.4, 0.0), prior, (256, 1, N0, N0), 3,
+                                torch.Generator().manual_seed(0), clamp=False, tweedie=False).double()
     t_min = sde.t_of_sigma(torch.tensor(sde.SIGMA_MIN, dtype=torch.float64))
     residual = out / sde.mean_coef(t_min) - 0.4
     expected = sde.SIGMA_MIN * prior.sample((256, 1, N0, N0), torch.Generator().manual_seed(1)).double().std()
@@ -274,6 +276,45 @@ def test_ancestral_sampling_of_gaussian_data_converges_to_its_variance():
     assert errors[1] < 0.1 and errors[1] < errors[0] / 3, errors
 
 
+class DenoiserOfLogSigma(torch.nn.Module):
+    """The score whose denoiser is D(x~, sigma) = c lambda, lambda = -log sigma, whatever the state."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, y, t):
+        t = t.reshape(-1, 1, 1, 1).double()
+        m, s = sde.mean_coef(t), sde.noise_std(t)
+        return sde.beta(t).sqrt() * (m * self.c * -torch.log(sde.sigma_of_t(t)) - y) / s**2
+
+
+def test_dpm2m_is_second_order_in_the_step_where_ancestral_is_first():
+    """With D depending on sigma only, the samplers' output is the D-free run (same noise) plus
+    their quadrature of int 2 e^{-2 (lambda_end - u)} D(u) du over lambda from -log sigma(1) to
+    -log sigma_min; for D = lambda that integral is lambda_end (1 - r) + H r - (1 - r) / 2,
+    H = lambda_end - lambda_start, r = e^{-2H}. Doubling the steps halves the ancestral error
+    (first order) and quarters DPM-Solver++(2M)'s (second order)."""
+    prior = build_prior("standard", 8)
+    start = -math.log(sde.sigma_of_t(torch.tensor(1.0, dtype=torch.float64)).item())
+    end = -math.log(sde.SIGMA_MIN)
+    r = math.exp(-2 * (end - start))
+    exact = end * (1 - r) + (end - start) * r - (1 - r) / 2
+    m_end = sde.mean_coef(sde.t_of_sigma(torch.tensor(sde.SIGMA_MIN, dtype=torch.float64)))
+
+    def error(sampler, steps):
+        with_d, without = (sde.SAMPLERS[sampler](DenoiserOfLogSigma(c), prior, (2, 1, 8, 8), steps,
+                                                 torch.Generator().manual_seed(0), clamp=False, tweedie=False)
+                           for c in (1.0, 0.0))
+        return ((with_d.double() - without.double()) / m_end - exact).abs().max().item()
+
+    for sampler, low, high in [("ancestral", 1.7, 2.6), ("dpm2m", 3.4, 4.4)]:
+        errors = [error(sampler, steps) for steps in (20, 40, 80)]
+        rates = [errors[0] / errors[1], errors[1] / errors[2]]
+        assert all(low < rate < high for rate in rates), (sampler, errors)
+    assert error("dpm2m", 80) < 0.1 * error("ancestral", 80)
+
+
 def test_score_evaluations_are_counted_as_the_samplers_call_the_network():
     calls = []
 
@@ -283,7 +324,8 @@ def test_score_evaluations_are_counted_as_the_samplers_call_the_network():
 
     prior = build_prior("standard", 8)
     for sampler, steps, tweedie in [("em", 7, False), ("em", 7, True), ("heun", 5, False), ("heun", 5, True),
-                                    ("ancestral", 5, False), ("ancestral", 5, True)]:
+                                    ("ancestral", 5, False), ("ancestral", 5, True), ("dpm2m", 5, False),
+                                    ("dpm2m", 5, True)]:
         calls.clear()
         sde.SAMPLERS[sampler](counting, prior, (2, 1, 8, 8), steps, torch.Generator().manual_seed(0),
                               tweedie=tweedie)
@@ -578,7 +620,7 @@ def test_generate_defaults_and_refusals():
     assert torch.equal(default, sde.generate(dummy_net(), prior, 2, 8, seed=0, num_steps=200, show_progress=False))
     with pytest.raises(ValueError, match="^unknown sample mode 'x': expected one of native-bl, resample, native$"):
         sde.generate(dummy_net(), prior, 2, 8, mode="x")
-    with pytest.raises(ValueError, match=r"^unknown sampler 'rk4': expected one of \['em', 'heun', 'ancestral'\]$"):
+    with pytest.raises(ValueError, match=r"^unknown sampler 'rk4': expected one of \['em', 'heun', 'ancestral', 'dpm2m'\]$"):
         sde.generate(dummy_net(), prior, 2, 8, sampler="rk4")
     with pytest.raises(ValueError, match="^the output grid 6 is coarser than the training grid 8$"):
         sde.generate(dummy_net(), prior, 2, 8, resolution=6)
@@ -646,7 +688,7 @@ def test_sigma_grid_is_karras_rho_7_from_sigma_max_to_sigma_min_then_zero(steps)
     assert sde.SIGMA_MIN == 0.002 and sde.SIGMA_RHO == 7.0
 
 
-@pytest.mark.parametrize("sampler", ["heun", "ancestral"])
+@pytest.mark.parametrize("sampler", ["heun", "ancestral", "dpm2m"])
 def test_sigma_grid_samplers_step_counts_and_clamp(sampler):
     prior = build_prior("standard", 8)
     score = GaussianScore(0.4, 0.0)

@@ -183,7 +183,7 @@ def test_a_corrupt_checkpoint_is_refused_by_the_real_cli(trained, tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("sampler, evaluations", [("heun", 5), ("ancestral", 3)])
+@pytest.mark.parametrize("sampler, evaluations", [("heun", 5), ("ancestral", 3), ("dpm2m", 3)])
 def test_the_sigma_grid_samplers_are_selectable_and_recorded(trained, tmp_path, capsys, sampler, evaluations):
     code, out = evaluate(trained, "--upscale", "1", "--sampler", sampler, "--results_dir", str(tmp_path / "h"),
                          capsys=capsys)
@@ -256,7 +256,7 @@ def test_a_classifier_for_another_grid_is_skipped_with_a_note(trained, tmp_path,
     assert report["classifier"] is None and "fd" not in report["results"][0]
 
 
-@pytest.mark.parametrize("sampler", ["heun", "ancestral"])
+@pytest.mark.parametrize("sampler", ["heun", "ancestral", "dpm2m"])
 def test_sigma_grid_samplers_without_the_denoiser_need_two_steps(trained, capsys, sampler):
     code, out = evaluate(trained, "--sampler", sampler, "--tweedie", "0", "--num_steps", "1", capsys=capsys)
     assert code == 2 and "--num_steps" in out.err
