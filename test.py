@@ -70,8 +70,8 @@ def build_parser():
                         help="samples for the 'native' figures, which cost (N/n0)^2 more "
                              "(default: --num_samples_mmd); floors are computed at this n too")
     parser.add_argument("--sampler", default="auto", choices=["auto", *sde.SAMPLERS],
-                        help="'auto': the network's measured choice, at most 50 score evaluations where "
-                             "that was no worse than em with 200 steps "
+                        help="'auto': the network's measured choice, at most 50 score evaluations and "
+                             "below em with 200 steps at n = 1000 "
                              f"({', '.join(f'{m}: {s} {k}' for m, (s, k) in AUTO_SAMPLERS.items())} steps; "
                              "results/samplers_n1000.md); 'em': Euler-Maruyama on the reverse SDE (the "
                              "reference, and the results table's protocol with 200 steps); 'heun': Heun's "
@@ -108,11 +108,11 @@ def build_parser():
     return parser
 
 
-# --sampler auto, per network: a sampler of at most 50 score evaluations where one scored below
-# Euler-Maruyama with 200 steps, else that reference. CNO and UNet at n = 1000 on the CPU profile's
-# seed-0 checkpoints (results/samplers_n1000.md): CNO Heun 13 0.0261 against 0.0389; the UNet's best,
-# ancestral 50, 0.0201 against 0.0157. FNO at n = 300 only (results/samplers.md): 0.059 against 0.068.
-AUTO_SAMPLERS = {"unet": ("em", 200), "cno": ("heun", 13), "fno": ("heun", 13)}
+# --sampler auto, per network: the sampler of at most 50 score evaluations that scored best, each
+# below Euler-Maruyama with 200 steps, at n = 1000 on the CPU profile's seed-0 checkpoints
+# (results/samplers_n1000.md). UNet: DPM-Solver++(2M) 25 steps 0.0116 (ancestral 50 0.0201, EM 200
+# 0.0157); CNO: Heun 13 0.0261 (dpm2m 25 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447).
+AUTO_SAMPLERS = {"unet": ("dpm2m", 25), "cno": ("heun", 13), "fno": ("heun", 13)}
 DEFAULT_STEPS = 200  # an explicitly named --sampler without --num_steps
 
 
