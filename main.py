@@ -83,7 +83,12 @@ class TrainConfig:
                     choices=[0, 1])
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: no clipping; the norm "
                                  "is logged either way)")
-    num_steps: int = _opt(200, "Euler-Maruyama steps of the reverse SDE at validation")
+    sampler: str = _opt("em", "sampler of the validation samples: 'em' (Euler-Maruyama, the reference), "
+                              "'auto' (test.py's default for the network: 25 score evaluations, "
+                              "sde.AUTO_SAMPLERS), 'heun', 'ancestral' or 'dpm2m'",
+                        choices=["auto", *sde.SAMPLERS])
+    num_steps: int = _opt(0, "steps of the validation sampler (0: 200 for a named sampler, the "
+                             "network's for auto)")
     num_samples_mmd: int = _opt(256, "samples (and validation images) for the validation MMD")
     val_every: int = _opt(5, "validate (MMD at n0 and 2 n0, sample grid) every k epochs and at "
                              "the end; 0: only at the end")
@@ -103,6 +108,7 @@ class TrainConfig:
 
     # flags that may change when a run is resumed (the rest must match the checkpoint)
     RESUMABLE_CHANGES = ("n_epochs", "minutes", "device", "threads", "progress", "resume", "val_every",
+                         "sampler", "num_steps",
                          "data_root", "out_dir", "sample_batch_size", "amp")
 
 
@@ -138,11 +144,11 @@ def explicit_flags(argv):
 
 def validate(config):
     """Refuse bad values with one line naming the flag."""
-    positive = ["input_height", "n_epochs", "batch_size", "num_steps", "num_samples_mmd"]
+    positive = ["input_height", "n_epochs", "batch_size", "num_samples_mmd"]
     for name in positive:
         if getattr(config, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(config, name)}")
-    for name in ["train_limit", "val_every", "threads", "sample_batch_size", "warmup_steps", "seed"]:
+    for name in ["train_limit", "val_every", "threads", "sample_batch_size", "warmup_steps", "seed", "num_steps"]:
         if getattr(config, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
     if not config.lr > 0 or not math.isfinite(config.lr):
@@ -384,8 +390,10 @@ def validate_run(run, val_low, val_high, folder):
     config, dist = run.config, run.dist
     n0 = config.input_height
     batch = sde.sampling_batch_size(config.sample_batch_size or None, n0, run.device)
+    sampler, steps = sde.resolve_sampler(config.sampler, config.num_steps or None, config.model)
     mine = sde.generate(run.sampling_model, run.prior, len(val_low), n0, upscale=1,
-                        seed=config.seed, batch_size=batch, num_steps=config.num_steps,
+                        seed=config.seed, batch_size=batch, num_steps=steps, sampler=sampler,
+                        tweedie=sde.default_tweedie(sampler),
                         device=run.device, desc=f"validation samples {n0}x{n0}",
                         show_progress=bool(config.progress) and dist.is_main,
                         shard=(dist.rank, dist.world))
@@ -482,7 +490,9 @@ FRESH_ON_RESUME = ("device", "threads", "progress", "resume", "out_dir")  # this
 def check_resume_flags(config, saved, given):
     """Flags given now must match the checkpoint, except those that may change on resume
     (RESUMABLE_CHANGES); a flag not given takes the saved value (so a run resumed without
-    --minutes keeps its budget), except the few that describe this machine (FRESH_ON_RESUME)."""
+    --minutes keeps its budget), except the few that describe this machine (FRESH_ON_RESUME).
+    Runs saved before --sampler existed validated with Euler-Maruyama, and keep it."""
+    saved = {"sampler": "em", **saved}
     for name, value in saved.items():
         if not hasattr(config, name) or name in FRESH_ON_RESUME:
             continue

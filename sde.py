@@ -325,6 +325,29 @@ def score_evaluations(sampler, num_steps, tweedie):
     return 2 * num_steps - 1 if tweedie else 2 * num_steps - 2
 
 
+# --sampler auto, per network: the sampler of at most 50 score evaluations that scored best, each
+# below Euler-Maruyama with 200 steps, at n = 1000 on the CPU profile's seed-0 checkpoints
+# (results/samplers_n1000.md). UNet: DPM-Solver++(2M) 25 steps 0.0116 (ancestral 50 0.0201, EM 200
+# 0.0157); CNO: Heun 13 0.0261 (dpm2m 25 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447).
+AUTO_SAMPLERS = {"unet": ("dpm2m", 25), "cno": ("heun", 13), "fno": ("heun", 13)}
+DEFAULT_STEPS = 200  # a sampler named without its number of steps
+
+
+def resolve_sampler(sampler, num_steps, model_name):
+    """(sampler, steps) to run: 'auto' is the network's entry of AUTO_SAMPLERS; num_steps None
+    leaves the steps to auto's choice, or DEFAULT_STEPS for a named sampler."""
+    if sampler == "auto":
+        sampler, steps = AUTO_SAMPLERS[model_name]
+        return sampler, steps if num_steps is None else num_steps
+    return sampler, DEFAULT_STEPS if num_steps is None else num_steps
+
+
+def default_tweedie(sampler):
+    """Whether a sampler ends with the denoiser unless told: the sigma-grid samplers do, EM (as the
+    reference) does not."""
+    return sampler in SIGMA_GRID_SAMPLERS
+
+
 CPU_PIXELS_PER_BATCH = 64 * 28 * 28  # a batch this size of activations stays in cache
 GPU_MAX_BATCH = 1000
 

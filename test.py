@@ -108,22 +108,16 @@ def build_parser():
     return parser
 
 
-# --sampler auto, per network: the sampler of at most 50 score evaluations that scored best, each
-# below Euler-Maruyama with 200 steps, at n = 1000 on the CPU profile's seed-0 checkpoints
-# (results/samplers_n1000.md). UNet: DPM-Solver++(2M) 25 steps 0.0116 (ancestral 50 0.0201, EM 200
-# 0.0157); CNO: Heun 13 0.0261 (dpm2m 25 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447).
-AUTO_SAMPLERS = {"unet": ("dpm2m", 25), "cno": ("heun", 13), "fno": ("heun", 13)}
-DEFAULT_STEPS = 200  # an explicitly named --sampler without --num_steps
+AUTO_SAMPLERS, DEFAULT_STEPS = sde.AUTO_SAMPLERS, sde.DEFAULT_STEPS  # the measured choices live in sde.py
 
 
 def resolve_sampler(args, model_name):
     """--sampler auto -> the network's (sampler, steps); an absent --num_steps -> the default.
     Idempotent; returns a line saying what auto chose (None when nothing was chosen)."""
-    if args.sampler != "auto":
-        args.num_steps = DEFAULT_STEPS if args.num_steps is None else args.num_steps
+    chosen = args.sampler
+    args.sampler, args.num_steps = sde.resolve_sampler(args.sampler, args.num_steps, model_name)
+    if chosen != "auto":
         return None
-    args.sampler, steps = AUTO_SAMPLERS[model_name]
-    args.num_steps = steps if args.num_steps is None else args.num_steps
     return (f"sampler: auto -> {args.sampler} with {args.num_steps} steps for the {model_name} "
             f"(results/samplers_n1000.md; --sampler em --num_steps 200 is the results table's protocol)")
 
@@ -156,7 +150,7 @@ def restore(state, device, weights="ema"):
 def tweedie_flag(args):
     """The --tweedie choice; a sampler on a grid finer than n0 ends with the denoiser anyway
     (`sde.ends_with_denoiser`)."""
-    return bool(args.sampler in sde.SIGMA_GRID_SAMPLERS if args.tweedie is None else args.tweedie)
+    return bool(sde.default_tweedie(args.sampler) if args.tweedie is None else args.tweedie)
 
 
 def sample_modes(args):

@@ -63,7 +63,7 @@ def settings_for(args, budget):
     the variant's options."""
     cpu = reproduce.PROFILES["cpu"]
     train = {**cpu["train"], "lr_schedule": args.lr_schedule, "warmup_steps": args.warmup_steps,
-             "val_every": 0}
+             "val_every": 0, "sampler": "auto"}  # the final validation with 25 evaluations, not 200
     models = {name: {**cpu["models"][name], "n_epochs": 10**6, "minutes": float(budget), **args.options}
               for name in args.models}
     evaluation = {"num_samples_mmd": args.num_samples, "num_samples_native": args.num_samples,
@@ -204,7 +204,7 @@ def parse_args(argv=None):
     parser.add_argument("--lr_schedule", default="cosine", choices=["constant", "cosine"])
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--sampler", default="auto", choices=["auto", *sde.SAMPLERS],
-                        help="test.py's sampler (auto: the network's measured default, test.AUTO_SAMPLERS)")
+                        help="test.py's sampler (auto: the network's measured default, sde.AUTO_SAMPLERS)")
     parser.add_argument("--num_steps", type=int, default=None,
                         help="sampler steps (default: auto's for the network, else 200)")
     parser.add_argument("--sample_modes", nargs="+", default=["resample"], choices=["resample", "native-bl"],

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+import sde
 from bench.resolution import (best_per_prior, evaluate, evaluation_plan, parse_args, ratio_summary,
                               ratio_to_resample, rows_of)
 from bench.samplers import configurations, load_earlier, merge
@@ -124,7 +125,8 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
         assert reproduce.column(record, "resample")["n"] == 8
         assert reproduce.column(record, "native-bl") is None  # the curves score resample only
         assert record["variant"] == "base" and record["train_config"]["ema_decay"] == 0.999
-    assert {r["model"]: r["sampler"] for r in records} == {"unet": "em 2", "fno": "heun 2"}  # auto's samplers
+    assert {r["model"]: r["sampler"] for r in records} == {m: f"{sde.AUTO_SAMPLERS[m][0]} 2" for m in ("unet", "fno")}
+    assert all(r["train_config"]["sampler"] == "auto" for r in records)  # validated the same way
     table = (tmp_path / "results" / "compute.md").read_text()
     assert table.count("| 0.005 |") == 2 and (tmp_path / "results" / "compute.png").exists()
     assert "## Levers" not in table

@@ -72,6 +72,41 @@ def test_same_seed_same_weights(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("flags, sampler, steps, tweedie", [
+    ([], "em", 4, False),  # the default: Euler-Maruyama, as the reference validates
+    (["--sampler", "auto"], "dpm2m", 4, True),  # auto: the UNet's measured sampler, ending with D
+    (["--sampler", "heun", "--num_steps", "0"], "heun", 200, True),
+])
+def test_validation_samples_with_the_chosen_sampler(tmp_path, capsys, monkeypatch, flags, sampler, steps, tweedie):
+    calls = []
+    generate = sde.generate
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["sampler"], kwargs["num_steps"], kwargs["tweedie"]))
+        return generate(*args, **{**kwargs, "num_steps": 2})  # the steps are checked, not run
+
+    monkeypatch.setattr(sde, "generate", recording)
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", *flags), capsys)[0] == 0
+    assert calls == [(sampler, steps, tweedie)]
+
+
+def test_a_run_saved_before_the_sampler_flag_resumes_with_euler_maruyama_and_may_change_it():
+    saved = {k: v for k, v in main.dataclasses.asdict(main.TrainConfig()).items() if k != "sampler"}
+    config = main.TrainConfig(sampler="auto")
+    main.check_resume_flags(config, saved, given=set())
+    assert config.sampler == "em"
+    config = main.TrainConfig(sampler="auto", num_steps=9)
+    main.check_resume_flags(config, saved, given={"sampler", "num_steps"})  # validation only: allowed
+    assert (config.sampler, config.num_steps) == ("auto", 9)
+
+
+def test_resolve_sampler_gives_auto_its_network_choice_and_a_named_sampler_200_steps():
+    assert sde.resolve_sampler("auto", None, "unet") == sde.AUTO_SAMPLERS["unet"]
+    assert sde.resolve_sampler("auto", 3, "cno") == (sde.AUTO_SAMPLERS["cno"][0], 3)
+    assert sde.resolve_sampler("em", None, "fno") == ("em", 200)
+    assert sde.resolve_sampler("ancestral", 7, "unet") == ("ancestral", 7)
+
+
 BAD_FLAGS = [
     (["--n_epochs", "0"], "--n_epochs"),
     (["--batch_size", "-4"], "--batch_size"),
@@ -86,6 +121,8 @@ BAD_FLAGS = [
     (["--prior_name", "brownian"], "--prior_name"),
     (["--n_epochs", "ten"], "--n_epochs"),
     (["--val_every", "-1"], "--val_every"),
+    (["--num_steps", "-1"], "--num_steps"),
+    (["--sampler", "rk4"], "--sampler"),
     (["--save_model", "a/b"], "--save_model"),
 ]
 
