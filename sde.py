@@ -328,7 +328,8 @@ def score_evaluations(sampler, num_steps, tweedie):
 # --sampler auto, per network: the sampler of at most 50 score evaluations that scored best, each
 # below Euler-Maruyama with 200 steps, at n = 1000 on the CPU profile's seed-0 checkpoints
 # (results/samplers_n1000.md). UNet: DPM-Solver++(2M) 25 steps 0.0116 (ancestral 50 0.0201, EM 200
-# 0.0157); CNO: Heun 13 0.0261 (dpm2m 25 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447).
+# 0.0157); CNO: Heun 13 0.0261 (dpm2m 25 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447,
+# EM 200 0.0506).
 AUTO_SAMPLERS = {"unet": ("dpm2m", 25), "cno": ("heun", 13), "fno": ("heun", 13)}
 DEFAULT_STEPS = 200  # a sampler named without its number of steps
 
