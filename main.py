@@ -88,7 +88,8 @@ class TrainConfig:
                               "sde.AUTO_SAMPLERS), 'heun', 'ancestral' or 'dpm2m'",
                         choices=["auto", *sde.SAMPLERS])
     num_steps: int = _opt(0, "steps of the validation sampler (0: 200 for a named sampler, the "
-                             "network's for auto)")
+                             "network's for auto); sampler and steps are fixed for a run (--resume "
+                             "keeps them)")
     num_samples_mmd: int = _opt(256, "samples (and validation images) for the validation MMD")
     val_every: int = _opt(5, "validate (MMD at n0 and 2 n0, sample grid) every k epochs and at "
                              "the end; 0: only at the end")
@@ -108,7 +109,6 @@ class TrainConfig:
 
     # flags that may change when a run is resumed (the rest must match the checkpoint)
     RESUMABLE_CHANGES = ("n_epochs", "minutes", "device", "threads", "progress", "resume", "val_every",
-                         "sampler", "num_steps",
                          "data_root", "out_dir", "sample_batch_size", "amp")
 
 
@@ -491,7 +491,8 @@ def check_resume_flags(config, saved, given):
     """Flags given now must match the checkpoint, except those that may change on resume
     (RESUMABLE_CHANGES); a flag not given takes the saved value (so a run resumed without
     --minutes keeps its budget), except the few that describe this machine (FRESH_ON_RESUME).
-    Runs saved before --sampler existed validated with Euler-Maruyama, and keep it."""
+    Runs saved before --sampler existed validated with Euler-Maruyama, and keep it: the validation
+    sampler is fixed for a run, or best.pt would compare figures of two samplers."""
     saved = {"sampler": "em", **saved}
     for name, value in saved.items():
         if not hasattr(config, name) or name in FRESH_ON_RESUME:

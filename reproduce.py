@@ -119,11 +119,13 @@ def train_run(args, settings, model, prior, seed, folder):
     return config
 
 
-def evaluate_run(args, settings, model, prior, seed, folder, out_json):
+def evaluate_run(args, settings, model, prior, seed, folder, out_json, extra=None):
     """Evaluate the last checkpoint of a run (EMA weights) at 28 and at 56 in the profile's sample
     modes (resample and native-bl unless it names others; the raw native ablation for the profile's
     native seeds), with the profile's sampler (Euler-Maruyama 200 steps, the table's protocol,
-    unless it names another; num_steps None leaves the steps to the sampler, auto's to the network)."""
+    unless it names another; num_steps None leaves the steps to the sampler, auto's to the network).
+    extra: fields added to the record before it is written (one write: an interruption cannot leave
+    a record without them)."""
     name = run_name(model, prior, seed)
     run_folder = os.path.join(folder, name)
     native_seeds = args.native_seeds if args.native_seeds is not None else settings["eval"]["native_seeds"]
@@ -155,7 +157,7 @@ def evaluate_run(args, settings, model, prior, seed, folder, out_json):
               "classifier_sha256": frechet.file_sha256(critic_path) if critic else None,
               "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions(),
               "val_floor": recorded_val_floor(run_folder, state["config"])}
-    write_json(record, out_json)
+    write_json({**record, **(extra or {})}, out_json)
 
 
 def recorded_val_floor(run_folder, train_config):

@@ -325,11 +325,11 @@ def score_evaluations(sampler, num_steps, tweedie):
     return 2 * num_steps - 1 if tweedie else 2 * num_steps - 2
 
 
-# --sampler auto, per network: the sampler of at most 50 score evaluations that scored best, each
-# below Euler-Maruyama with 200 steps, at n = 1000 on the CPU profile's seed-0 checkpoints
-# (results/samplers_n1000.md). UNet: DPM-Solver++(2M) 25 steps 0.0116 (ancestral 50 0.0201, EM 200
-# 0.0157); CNO: Heun 13 0.0261 (dpm2m 25 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447,
-# EM 200 0.0506).
+# --sampler auto, per network: a sampler of at most 50 score evaluations, below Euler-Maruyama with
+# 200 steps at n = 1000 on the CPU profile's seed-0 checkpoints (results/samplers_n1000.md). UNet:
+# DPM-Solver++(2M) 25 steps 0.0116 / 0.0247 at 28 / 56 (50 steps: 0.0115 / 0.0264, equal within
+# noise at twice the cost; ancestral 50 0.0201, EM 200 0.0157); CNO: Heun 13 0.0261 (dpm2m 25
+# 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447, EM 200 0.0506).
 AUTO_SAMPLERS = {"unet": ("dpm2m", 25), "cno": ("heun", 13), "fno": ("heun", 13)}
 DEFAULT_STEPS = 200  # a sampler named without its number of steps
 
@@ -452,8 +452,9 @@ def generate(score_net, prior, num_samples, n0, upscale=1, mode="native", seed=0
 
     mode (see SAMPLE_MODES): 'native-bl', 'resample' (with `interp`, 'fourier' or 'bicubic',
     then clamped) or 'native'; all three are the same at N = n0.
-    sampler: 'em' (Euler-Maruyama on the reverse SDE), 'heun' (probability-flow ODE) or
-    'ancestral' (Gaussian bridge steps with the denoiser, on the sigma grid);
+    sampler: 'em' (Euler-Maruyama on the reverse SDE), 'heun' (probability-flow ODE),
+    'ancestral' (Gaussian bridge steps with the denoiser, on the sigma grid) or 'dpm2m' (those
+    steps made second order);
     tweedie: finish with the denoiser E[X_0 | X_t] (see `euler_maruyama`, `heun_ode`); forced
     on when the sampler runs on a grid finer than n0 (`ends_with_denoiser`).
     Sample i draws its noise from its own generator, seeded by (seed, i) (`PerSampleGenerator`),

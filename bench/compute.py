@@ -41,10 +41,12 @@ FIXED_OPTIONS = {"model", "seed", "minutes", "n_epochs", "prior_name", "data_roo
 
 
 def parse_train_options(pairs):
-    """--train_option KEY=VALUE ... -> {KEY: value typed and checked by main.py's own parser}."""
-    flags, keys = [], []
+    """--train_option KEY=VALUE ... -> {KEY: value}, typed and checked as main.py types and checks
+    its flags (model_arg=K=V is repeatable and replaces the profile's list)."""
+    actions = {action.dest: action for action in training.build_parser()._actions}
+    options = {}
     for pair in pairs or []:
-        key, sep, value = pair.partition("=")
+        key, sep, text = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--train_option {pair!r}: expected KEY=VALUE, e.g. parametrization=edm")
         if key in FIXED_OPTIONS:
@@ -52,10 +54,31 @@ def parse_train_options(pairs):
                             f"data); choose among the other options of `python main.py --help`")
         if key not in training.TrainConfig.__dataclass_fields__:
             raise UserError(f"--train_option {key}: not an option of main.py (see python main.py --help)")
-        flags += [f"--{key}", value]
-        keys.append(key)
-    parsed = vars(training.build_parser().parse_args(flags))
-    return {key: parsed[key] for key in keys}
+        action = actions[key]
+        try:
+            value = action.type(text) if action.type else text
+        except ValueError:
+            raise UserError(f"--train_option {key}={text}: expected a {action.type.__name__}") from None
+        if action.choices and value not in action.choices:
+            raise UserError(f"--train_option {key}={text}: expected one of {', '.join(map(str, action.choices))}")
+        if isinstance(action, argparse._AppendAction):
+            value = options.get(key, []) + [value]
+        options[key] = value
+    return options
+
+
+def check_same_variant(args, model, out, run_folder):
+    """A variant name stands for one set of options: refuse a finished record or a checkpoint of the
+    same name trained with others (a resumed run would keep its saved options)."""
+    saved = None
+    if os.path.exists(out):
+        saved = json.load(open(out)).get("train_options", {})
+    elif os.path.exists(os.path.join(run_folder, "config.json")):
+        config = json.load(open(os.path.join(run_folder, "config.json")))["config"]
+        saved = {key: config.get(key) for key in args.options}
+    if saved is not None and saved != args.options:
+        raise UserError(f"--variant {args.variant}: {model} has a run of that name with options {saved}, not "
+                        f"{args.options}; give the new options another --variant name")
 
 
 def settings_for(args, budget):
@@ -141,7 +164,8 @@ def lever_lines(rows):
 
 def write_report(args, records, command):
     rows = sorted((row(r) for r in records), key=lambda r: (r["model"], r["minutes"]))
-    commands = sorted({r.get("command", command) for r in records}, key=lambda c: ("--variant" in c, c))
+    commands = sorted({r.get("command", "(a run whose command was not recorded)") for r in records},
+                      key=lambda c: ("--variant" in c, c))
     lines = ["# Quality against compute", "", "Made by (the base runs first, then each lever's):", "",
              *[f"    {c}" for c in commands or [command]], "",
              f"Each network at the CPU profile's size, seed {args.seed}, prior `{args.prior}`, full MNIST, "
@@ -213,7 +237,8 @@ def parse_args(argv=None):
                         help=f"name of the lever tried ('{BASE}': the profile as it is); needs --train_option")
     parser.add_argument("--train_option", action="append", metavar="KEY=VALUE",
                         help="a main.py option of this variant, repeatable: e.g. parametrization=edm, "
-                             "ema_decay=0.99, model_arg=local_path=1")
+                             "ema_decay=0.99, model_arg=local_path=1 (model_arg replaces the profile's "
+                             "list: repeat the profile's own entries, e.g. the UNet's ch=16)")
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--data_root", default="./data")
     parser.add_argument("--runs_dir", default="runs/compute", help="checkpoints (not committed)")
@@ -223,9 +248,13 @@ def parse_args(argv=None):
     parser.add_argument("--progress", type=int, default=0, choices=[0, 1])
     parser.add_argument("--summary_only", action="store_true")
     args = parser.parse_args(argv)
-    if not all(c.isalnum() or c in "-_." for c in args.variant):
+    if args.num_steps is not None and args.num_steps <= 0:
+        raise UserError(f"--num_steps must be a positive integer, got {args.num_steps}")
+    if not args.variant or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in args.variant):
         raise UserError(f"--variant {args.variant!r}: letters, digits, '-', '_' and '.' only (it names files)")
     args.options = parse_train_options(args.train_option)
+    for model in args.models:  # ranges (lr > 0) and model_arg names, as main.py checks them
+        training.validate(training.TrainConfig(model=model, **args.options))
     if (args.variant == BASE) != (not args.options):
         raise UserError(f"--variant names the lever that --train_option sets: give both, or neither for "
                         f"the base runs (got --variant {args.variant} and {len(args.options)} options)")
@@ -245,16 +274,15 @@ def main(argv=None):
             folder = os.path.join(args.runs_dir, f"{budget:g}min{variant_suffix(args)}")
             for model in args.models:
                 out = record_path(args, model, budget)
+                check_same_variant(args, model, out, os.path.join(folder, reproduce.run_name(model, args.prior,
+                                                                                            args.seed)))
                 if os.path.exists(out):
                     continue
                 os.makedirs(folder, exist_ok=True)
                 reproduce.train_run(args, settings, model, args.prior, args.seed, folder)
-                reproduce.evaluate_run(args, settings, model, args.prior, args.seed, folder, out)
-                with open(out) as f:
-                    record = json.load(f)
-                record.update(budget_minutes=budget, variant=args.variant, train_options=args.options,
-                              sampler=resolved_sampler(args, model), command=command)
-                reproduce.write_json(record, out)
+                reproduce.evaluate_run(args, settings, model, args.prior, args.seed, folder, out, extra={
+                    "budget_minutes": budget, "variant": args.variant, "train_options": args.options,
+                    "sampler": resolved_sampler(args, model), "command": command})
                 write_report(args, load_records(args), command)
                 if args.commit:
                     reproduce.commit_results(args, f"results (compute): {model} {budget:g} min")

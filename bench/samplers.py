@@ -7,9 +7,10 @@ For each checkpoint and each budget of score evaluations (NFE, --budgets): Euler
 (the reference), Euler-Maruyama ending with Tweedie's denoiser (budgets <= 50, where the
 last step is large), Heun on the probability-flow ODE (N steps = 2N - 1 evaluations, N chosen
 so that 2N - 1 <= budget), ancestral sampling on the same sigma grid (N steps = N
-evaluations) and DPM-Solver++(2M), its second-order form (the same cost). Every configuration draws --num_samples images at 28 with the same seed; the 56
-figure is the same samples Fourier-upsampled (the resample protocol with n0 noise). Also the raw
-weights against the EMA weights at the largest EM budget.
+evaluations) and DPM-Solver++(2M), its second-order form (the same cost). Every configuration
+draws --num_samples images at 28 with the same seed; the 56 figure is the same samples
+Fourier-upsampled (the resample protocol with n0 noise). Also the raw weights against the EMA
+weights at the largest EM budget.
 """
 import argparse
 import json

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import sde
+from utils import UserError
 from bench.resolution import (best_per_prior, evaluate, evaluation_plan, parse_args, ratio_summary,
                               ratio_to_resample, rows_of)
 from bench.samplers import configurations, load_earlier, merge
@@ -151,6 +152,9 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     monkeypatch.setattr(reproduce, "train_run", never)
     compute.main(argv)
     compute.main(lever)
+    # the same variant name with other options is refused, not silently answered by the old run
+    with pytest.raises(UserError, match="--variant fastema: unet has a run of that name with options"):
+        compute.main(lever[:-1] + ["ema_decay=0.5"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -160,10 +164,15 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     (["--variant", "x"], "give both, or neither"),
     (["--train_option", "ema_decay=0.9"], "give both, or neither"),
     (["--variant", "a/b", "--train_option", "ema_decay=0.9"], "letters, digits"),
+    (["--variant", "", "--train_option", "ema_decay=0.9"], "letters, digits"),
+    (["--variant", "x", "--train_option", "ema_decay=fast"], "ema_decay=fast: expected a float"),
+    (["--variant", "x", "--train_option", "amp=2"], "amp=2: expected one of 0, 1"),
+    (["--variant", "x", "--train_option", "lr=-1"], "--lr must be a positive number"),
+    (["--num_steps", "0"], "--num_steps must be a positive integer"),
+    (["--models", "cno", "--variant", "x", "--train_option", "model_arg=local_path=1"], "cno has no argument"),
 ])
 def test_compute_levers_refuse_bad_options_with_the_flag_named(flags, message):
     import bench.compute as compute
-    from utils import UserError
 
     with pytest.raises(UserError, match=message):
         compute.parse_args(flags)
@@ -172,9 +181,11 @@ def test_compute_levers_refuse_bad_options_with_the_flag_named(flags, message):
 def test_compute_lever_options_are_typed_by_main_py():
     import bench.compute as compute
 
-    args = compute.parse_args(["--variant", "v", "--train_option", "ema_decay=0.99", "--train_option",
-                               "parametrization=edm", "--train_option", "model_arg=local_path=1"])
-    assert args.options == {"ema_decay": 0.99, "parametrization": "edm", "model_arg": ["local_path=1"]}
+    args = compute.parse_args(["--models", "fno", "--variant", "v", "--train_option", "ema_decay=0.99",
+                               "--train_option", "parametrization=edm", "--train_option", "model_arg=local_path=1",
+                               "--train_option", "model_arg=width=16", "--train_option", "batch_size=32"])
+    assert args.options == {"ema_decay": 0.99, "parametrization": "edm",
+                            "model_arg": ["local_path=1", "width=16"], "batch_size": 32}
 
 
 def test_mutation_scores_count_crashes_and_timeouts_as_killed_and_leave_judged_equivalents_out():

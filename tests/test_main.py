@@ -90,14 +90,16 @@ def test_validation_samples_with_the_chosen_sampler(tmp_path, capsys, monkeypatc
     assert calls == [(sampler, steps, tweedie)]
 
 
-def test_a_run_saved_before_the_sampler_flag_resumes_with_euler_maruyama_and_may_change_it():
-    saved = {k: v for k, v in main.dataclasses.asdict(main.TrainConfig()).items() if k != "sampler"}
+def test_a_run_saved_before_the_sampler_flag_resumes_with_euler_maruyama_and_keeps_it():
+    """The validation sampler is fixed for a run: best.pt must not compare two samplers' figures."""
+    saved = {**main.dataclasses.asdict(main.TrainConfig()), "num_steps": 200}
+    del saved["sampler"]
     config = main.TrainConfig(sampler="auto")
     main.check_resume_flags(config, saved, given=set())
-    assert config.sampler == "em"
-    config = main.TrainConfig(sampler="auto", num_steps=9)
-    main.check_resume_flags(config, saved, given={"sampler", "num_steps"})  # validation only: allowed
-    assert (config.sampler, config.num_steps) == ("auto", 9)
+    assert (config.sampler, config.num_steps) == ("em", 200)
+    for flag, value in (("sampler", "auto"), ("num_steps", 13)):
+        with pytest.raises(main.UserError, match=f"^--{flag} .* does not match the checkpoint"):
+            main.check_resume_flags(main.TrainConfig(**{flag: value}), saved, given={flag})
 
 
 def test_resolve_sampler_gives_auto_its_network_choice_and_a_named_sampler_200_steps():

@@ -276,6 +276,19 @@ def test_ancestral_sampling_of_gaussian_data_converges_to_its_variance():
     assert errors[1] < 0.1 and errors[1] < errors[0] / 3, errors
 
 
+def test_dpm2m_sampling_of_gaussian_data_converges_to_its_variance():
+    """Over-dispersed at coarse steps (about +20% at 25), converging faster than ancestral (whose
+    200 steps still miss by 7%)."""
+    prior, variance = build_prior("standard", N0), 0.05
+    errors = []
+    for steps in (25, 200):
+        out = sde.dpm2m(GaussianScore(0.4, variance), prior, (64, 1, N0, N0), steps,
+                        torch.Generator().manual_seed(0), clamp=False, tweedie=False).double()
+        assert out.mean().item() == pytest.approx(0.4, abs=0.005)
+        errors.append(abs(out.var().item() - variance) / variance)
+    assert errors[1] < 0.02 and errors[1] < errors[0] / 10, errors
+
+
 class DenoiserOfLogSigma(torch.nn.Module):
     """The score whose denoiser is D(x~, sigma) = c lambda, lambda = -log sigma, whatever the state."""
 
@@ -290,7 +303,8 @@ class DenoiserOfLogSigma(torch.nn.Module):
 
 
 def test_dpm2m_is_second_order_in_the_step_where_ancestral_is_first():
-    """With D depending on sigma only, the samplers' output is the D-free run (same noise) plus
+    """(This pins the midpoint form: the exact integral of the linear extension would be exact here.)
+    With D depending on sigma only, the samplers' output is the D-free run (same noise) plus
     their quadrature of int 2 e^{-2 (lambda_end - u)} D(u) du over lambda from -log sigma(1) to
     -log sigma_min; for D = lambda that integral is lambda_end (1 - r) + H r - (1 - r) / 2,
     H = lambda_end - lambda_start, r = e^{-2H}. Doubling the steps halves the ancestral error
