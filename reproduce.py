@@ -235,8 +235,11 @@ COLUMNS_NOTE = (
     "interpolated (docs/conventions.md), and like every sampler on a grid finer than n0 it ends with "
     "that denoiser (Tweedie), which Euler-Maruyama at 28 does not unless asked (`--tweedie 1`): with the "
     "same last step the two agree within 1.2% (results/resolution.md); *native* applies the network to "
-    "the 56 grid as it is, the ablation. '-': no run of the cell has that figure (runs evaluated before "
-    "the mode existed, or seeds outside the profile's native seeds).")
+    "the 56 grid as it is, the ablation. Under `lap_conv` (its 5-point stencil Laplacian, the reference's) "
+    "a draw on the 56 grid projected to 28 is not the 28 law at high modes (the stencil depends on h), so "
+    "the network meets noise it was not trained on in both 56 modes that draw there; `lap_spectral` (the "
+    "exactly consistent Laplacian, `--full`) is the prior for native sampling. '-': no run of the cell "
+    "has that figure (runs evaluated before the mode existed, or seeds outside the profile's native seeds).")
 
 
 def table_markdown(records, profile, total_seconds):
