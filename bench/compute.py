@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main as training  # noqa: E402
 import reproduce  # noqa: E402
 import sde  # noqa: E402
-import test as evaluation  # noqa: E402
 from utils import UserError, run_main, versions  # noqa: E402
 
 
@@ -131,9 +130,7 @@ def sampler_of(record):
 
 def resolved_sampler(args, model):
     """'heun 13': what test.py runs for this network with --sampler/--num_steps (auto resolved)."""
-    chosen = argparse.Namespace(sampler=args.sampler, num_steps=args.num_steps)
-    evaluation.resolve_sampler(chosen, model)
-    return f"{chosen.sampler} {chosen.num_steps}"
+    return "{} {}".format(*sde.resolve_sampler(args.sampler, args.num_steps, model))
 
 
 def fmt(value, digits=4):
