@@ -83,9 +83,9 @@ class TrainConfig:
                     choices=[0, 1])
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: no clipping; the norm "
                                  "is logged either way)")
-    sampler: str = _opt("em", "sampler of the validation samples: 'em' (Euler-Maruyama, the reference), "
-                              "'auto' (test.py's default for the network: 25 score evaluations, "
-                              "sde.AUTO_SAMPLERS), 'heun', 'ancestral' or 'dpm2m'",
+    sampler: str = _opt("auto", "sampler of the validation samples: 'auto' (test.py's default for the "
+                                "network: 25 score evaluations, sde.AUTO_SAMPLERS), 'em' "
+                                "(Euler-Maruyama, the reference's), 'heun', 'ancestral' or 'dpm2m'",
                         choices=["auto", *sde.SAMPLERS])
     num_steps: int = _opt(0, "steps of the validation sampler (0: 200 for a named sampler, the "
                              "network's for auto); sampler and steps are fixed for a run (--resume "

@@ -73,8 +73,8 @@ def test_same_seed_same_weights(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, sampler, steps, tweedie", [
-    ([], "em", 4, False),  # the default: Euler-Maruyama, as the reference validates
-    (["--sampler", "auto"], "dpm2m", 4, True),  # auto: the UNet's measured sampler, ending with D
+    ([], "dpm2m", 4, True),  # the default, auto: the UNet's measured sampler, ending with D
+    (["--sampler", "em"], "em", 4, False),  # Euler-Maruyama, as the reference validates
     (["--sampler", "heun", "--num_steps", "0"], "heun", 200, True),
 ])
 def test_validation_samples_with_the_chosen_sampler(tmp_path, capsys, monkeypatch, flags, sampler, steps, tweedie):
