@@ -37,18 +37,35 @@ PRIOR_FLAGS = {"lap_spectral": {"prior_name": "lap_conv", "laplacian": "spectral
 FULL_PRIORS = BASE_PRIORS + ["lap_spectral", "combined_conv", "fno", "matern"]
 MODELS = ["unet", "fno", "cno"]
 
-# Chosen from short measured runs (docs/results.md, "How the CPU profile was chosen"): per model the size whose training
-# step and sampling cost fit the CPU budget (training <= 20 min, the table <= 8 h).
+# "cpu": chosen from the lever runs and the quality-vs-compute curves of docs/results.md ("How the CPU
+# profile was chosen"): per network its best measured parametrization and sampler, training <= 40 min
+# on 2 cores. Networks that output the denoiser (EDM preconditioning) and 25-evaluation samplers
+# ("auto", sde.AUTO_SAMPLERS) replaced v1's noise parametrization and Euler-Maruyama 200.
+# "cpu-v1": the table of November 2026 (2 epochs each, the reference's noise parametrization, EM 200),
+# kept so that its records (results/v1/) can be rebuilt and rerun.
 PROFILES = {
     "cpu": {
         "train": {"profile": "small", "subset": 0, "batch_size": 64, "lr": 1e-3, "val_every": 1,
-                  "num_samples_mmd": 128},
+                  "num_samples_mmd": 128, "sampler": "auto"},
+        "models": {
+            "unet": {"n_epochs": 2, "model_arg": ["ch=16"], "parametrization": "noise"},
+            "fno": {"n_epochs": 2, "model_arg": [], "parametrization": "edm"},
+            # provisional until results/compute.md's CNO curve (EDM) lands: ~0.3 s a step alone
+            "cno": {"n_epochs": 5, "model_arg": [], "parametrization": "edm",
+                    "lr_schedule": "cosine", "warmup_steps": 100},
+        },
+        # native 56 costs ~3.5x a 28 sample: n = 250 and seed 0 only
+        "eval": {"num_samples_mmd": 1000, "num_samples_native": 250, "resample_noise": "n0",
+                 "native_seeds": [0], "sampler": "auto", "num_steps": None},
+    },
+    "cpu-v1": {
+        "train": {"profile": "small", "subset": 0, "batch_size": 64, "lr": 1e-3, "val_every": 1,
+                  "num_samples_mmd": 128, "sampler": "em", "num_steps": 200},
         "models": {
             "unet": {"n_epochs": 2, "model_arg": ["ch=16"]},  # = the small profile, pinned
             "fno": {"n_epochs": 2, "model_arg": []},
             "cno": {"n_epochs": 2, "model_arg": []},
         },
-        # native 56 costs ~3.5x a 28 sample: n = 250 and seed 0 only
         "eval": {"num_samples_mmd": 1000, "num_samples_native": 250, "resample_noise": "n0",
                  "native_seeds": [0]},
     },
@@ -67,7 +84,9 @@ def build_parser():
         description="Train and evaluate every model x prior x seed and write results/table.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     parser.add_argument("--profile", default="cpu", choices=list(PROFILES),
-                        help="'cpu': small models sized for a 2-core CPU; 'paper': reference sizes")
+                        help="'cpu': small models sized for a 2-core CPU, each network's best measured "
+                             "parametrization and sampler; 'cpu-v1': the November 2026 table (2 epochs, "
+                             "noise parametrization, Euler-Maruyama 200); 'paper': reference sizes")
     parser.add_argument("--full", action="store_true",
                         help="also the priors lap_spectral (lap_conv with --laplacian spectral), "
                              "combined_conv, fno and matern (trace class)")
@@ -153,6 +172,7 @@ def evaluate_run(args, settings, model, prior, seed, folder, out_json, extra=Non
     record = {"model": model, "prior": prior, "seed": seed, "profile": args.profile,
               "epochs": state["epoch"], "steps": state["step"], "train_seconds": train_seconds,
               "eval_seconds": time.time() - started, "data": source, "results": rows,
+              "sampler": eval_args.sampler, "num_steps": eval_args.num_steps,  # as evaluate resolved them
               "history": [{k: row[k] for k in ("epoch", "loss", "mmd_n0", "mmd_2n0")} for row in state["history"]],
               "classifier_sha256": frechet.file_sha256(critic_path) if critic else None,
               "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions(),
@@ -256,7 +276,8 @@ def table_markdown(records, profile, total_seconds):
         for host, names in hosts.items():
             which = "all runs" if len(hosts) == 1 else f"{len(names)} run{'s' if len(names) > 1 else ''} ({', '.join(sorted(names))})"
             lines.append(f"Hardware, {which}: {host}.")
-        lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", ""]
+        lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", "",
+                  sampler_line(records, profile), ""]
     lines += [COLUMNS_NOTE, ""]
     priors = [p for p in FULL_PRIORS if any(r["prior"] == p for r in records)]
     for prior in priors:
@@ -284,6 +305,20 @@ def table_markdown(records, profile, total_seconds):
                 f"{statistics.mean(r['eval_seconds'] for r in runs) / 60:.1f} |")
         lines += ["", floors_line(group), ""]
     return "\n".join(lines) + "\n"
+
+
+def sampler_line(records, profile):
+    """Each network's sampler at n0 as its records name it; records older than that field (v1's)
+    get their profile's sampler, so marked."""
+    evaluation = PROFILES[profile]["eval"] if profile in PROFILES else {}
+    fallback = f"{evaluation.get('sampler', 'em')} {evaluation.get('num_steps', 200)} steps (the profile's)"
+    used = {}
+    for r in records:
+        text = (f"{r['sampler']} {r['num_steps']} steps, {column(r, 'n0')['score_evaluations']} score evaluations"
+                if "sampler" in r else fallback)
+        used.setdefault(r["model"], set()).add(text)
+    return "Samplers at n0: " + "; ".join(f"{model}: {' / '.join(sorted(used[model]))}"
+                                          for model in MODELS if model in used) + "."
 
 
 def seeds_note(values, runs):

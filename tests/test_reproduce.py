@@ -6,6 +6,7 @@ import os
 import pytest
 
 import reproduce
+import sde
 from utils import run_main
 
 TINY_PROFILE = {
@@ -62,6 +63,9 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert reproduce.seeds_note([], [1, 2]) == "" and reproduce.seeds_note([0.1], [1, 2, 3]) == ""
     assert reproduce.seeds_note([0.1, 0.2], [1, 2, 3]) == " (2 seeds)"
     assert "Hardware, all runs: " in table and all(r["host"] for r in rows)
+    record = json.load(open(results / "runs" / "tiny" / "unet_standard_s0.json"))
+    assert (record["sampler"], record["num_steps"]) == ("em", 3)  # the profile's eval, as test.py resolved it
+    assert "Samplers at n0: unet: em 3 steps, 3 score evaluations; cno: em 3 steps, 3 score evaluations." in table
     floors = json.load(open(results / "runs" / "tiny_val_floors.json"))
     assert set(floors) == {"0", "1"} and all(f["n"] == 8 and f["mmd"] > 0 for f in floors.values())
     for seed in (0, 1):  # the floor main.py computed while training, not a second computation
@@ -76,12 +80,24 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     moved = results / "runs" / "tiny" / "cno_standard_s1.json"  # as if this run had finished elsewhere
     record = json.load(open(moved))
     record["versions"]["platform"] = "another-machine"
+    del record["sampler"], record["num_steps"]  # as records written before these fields (v1's)
     moved.write_text(json.dumps(record))
     assert call(argv) == 0  # everything finished: only the summary is rebuilt
     assert len(list(csv.DictReader(open(results / "runs.csv")))) == 4
     table = (results / "table.md").read_text()
     assert "Hardware, 1 run (cno_standard_s1): another-machine," in table
     assert "Hardware, 3 runs (cno_standard_s0, unet_standard_s0, unet_standard_s1): " in table
+    assert "cno: em 3 steps (the profile's) / em 3 steps, 3 score evaluations." in table
+
+
+@pytest.mark.parametrize("profile", sorted(reproduce.PROFILES))
+def test_every_profile_names_only_options_main_and_test_know(profile):
+    """A misspelt key in a profile would fail only hours into a table run: every training option
+    must be a TrainConfig field, every evaluation sampler one test.py accepts."""
+    settings = reproduce.PROFILES[profile]
+    for model, options in settings["models"].items():
+        reproduce.training.validate(reproduce.training.TrainConfig(model=model, **settings["train"], **options))
+    assert settings["eval"].get("sampler", "em") in ("auto", *sde.SAMPLERS)
 
 
 
