@@ -38,24 +38,25 @@ FULL_PRIORS = BASE_PRIORS + ["lap_spectral", "combined_conv", "fno", "matern"]
 MODELS = ["unet", "fno", "cno"]
 
 # "cpu": chosen from the lever runs and the quality-vs-compute curves of docs/results.md ("How the CPU
-# profile was chosen"): per network its best measured parametrization and sampler, training <= 40 min
-# on 2 cores. Networks that output the denoiser (EDM preconditioning) and 25-evaluation samplers
-# ("auto", sde.AUTO_SAMPLERS) replaced v1's noise parametrization and Euler-Maruyama 200.
+# profile was chosen"): one recipe for the three networks, 6 epochs of full MNIST (5,628 steps of batch
+# 64, 21-25 min alone on 2 cores) with a cosine decay of the learning rate to the last step, each
+# network with its best measured parametrization (EDM preconditioning for the operators, the noise
+# for the UNet) and 25-evaluation sampler ("auto", sde.AUTO_SAMPLERS). It replaced v1's 2 epochs at a
+# constant rate, noise parametrization and Euler-Maruyama 200 (results/compute.md: the curves still
+# fall between 5 and 20 minutes for every network).
 # "cpu-v1": the table of November 2026 (2 epochs each, the reference's noise parametrization, EM 200),
 # kept so that its records (results/v1/) can be rebuilt and rerun.
 PROFILES = {
     "cpu": {
         "train": {"profile": "small", "subset": 0, "batch_size": 64, "lr": 1e-3, "val_every": 1,
-                  "num_samples_mmd": 128, "sampler": "auto"},
+                  "num_samples_mmd": 128, "sampler": "auto", "lr_schedule": "cosine", "warmup_steps": 100},
         "models": {
-            "unet": {"n_epochs": 2, "model_arg": ["ch=16"], "parametrization": "noise"},
-            "fno": {"n_epochs": 2, "model_arg": [], "parametrization": "edm"},
-            # provisional until results/compute.md's CNO curve (EDM) lands: ~0.3 s a step alone
-            "cno": {"n_epochs": 5, "model_arg": [], "parametrization": "edm",
-                    "lr_schedule": "cosine", "warmup_steps": 100},
+            "unet": {"n_epochs": 6, "model_arg": ["ch=16"], "parametrization": "noise"},
+            "fno": {"n_epochs": 6, "model_arg": [], "parametrization": "edm"},
+            "cno": {"n_epochs": 6, "model_arg": [], "parametrization": "edm"},
         },
-        # native 56 costs ~3.5x a 28 sample: n = 250 and seed 0 only
-        "eval": {"num_samples_mmd": 1000, "num_samples_native": 250, "resample_noise": "n0",
+        # native 56 costs ~3.5x a 28 sample: seed 0 only, at the same n as 28
+        "eval": {"num_samples_mmd": 1000, "num_samples_native": 1000, "resample_noise": "n0",
                  "native_seeds": [0], "sampler": "auto", "num_steps": None},
     },
     "cpu-v1": {

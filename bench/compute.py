@@ -34,6 +34,8 @@ from utils import UserError, run_main, versions  # noqa: E402
 
 
 BASE = "base"
+# the base curves of every network, as results/compute.md names them (data root: the user's)
+BASE_COMMAND = "python bench/compute.py --data_root ../shared/data"
 # what every run of the curves shares, set by this script and not by --train_option
 FIXED_OPTIONS = {"model", "seed", "minutes", "n_epochs", "prior_name", "data_root", "out_dir", "save_model",
                  "resume", "device", "progress", "val_every", "subset", "train_limit", "input_height"}
@@ -118,7 +120,7 @@ def row(record):
             "minutes": record["budget_minutes"], "steps": record["steps"],
             "mmd_28": low["mmd"], "floor_28": low["floor_real"], "mmd_56": res.get("mmd"),
             "floor_56": res.get("floor_real"), "fd_28": low.get("fd"), "fd_floor": low.get("fd_floor"),
-            "n": low["n"], "host": reproduce.hardware(record)}
+            "n": low["n"], "host": reproduce.hardware(record), "note": record.get("note")}
 
 
 def sampler_of(record):
@@ -159,12 +161,25 @@ def lever_lines(rows):
             "|---|---|---|---|---|---|---|---|---|", *lines]
 
 
+def note_lines(rows):
+    """A record's note (e.g. why a run made as a lever counts as a base run), once per network."""
+    notes = {}
+    for r in rows:
+        if r["note"]:
+            notes.setdefault((r["model"], r["note"]), []).append(f"{r['minutes']:g}")
+    return [line for (model, note), budgets in sorted(notes.items())
+            for line in (f"{model} ({', '.join(budgets)} min): {note}.", "")]
+
+
 def write_report(args, records, command):
     rows = sorted((row(r) for r in records), key=lambda r: (r["model"], r["minutes"]))
     commands = sorted({r.get("command", "(a run whose command was not recorded)") for r in records},
                       key=lambda c: ("--variant" in c, c))
-    lines = ["# Quality against compute", "", "Made by (the base runs first, then each lever's):", "",
+    lines = ["# Quality against compute", "", "Made by", "", f"    {BASE_COMMAND}", "",
+             "(resumable: a budget whose record exists is skipped; a lever is `--variant NAME --train_option "
+             "KEY=VALUE`). Each record in `compute/` keeps the command that made it; these were run:", "",
              *[f"    {c}" for c in commands or [command]], "",
+             *note_lines(rows),
              f"Each network at the CPU profile's size, seed {args.seed}, prior `{args.prior}`, full MNIST, "
              f"trained for the budget (`main.py --minutes B`; the learning-rate schedule and warm-up as the "
              f"command says, a cosine schedule ends at the budget), scored by test.py with the row's sampler "

@@ -131,6 +131,7 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     table = (tmp_path / "results" / "compute.md").read_text()
     assert table.count("| 0.005 |") == 2 and (tmp_path / "results" / "compute.png").exists()
     assert "## Levers" not in table
+    assert f"Made by\n\n    {compute.BASE_COMMAND}\n" in table  # one command for every base curve
 
     # a lever: the same budget with one option changed, recorded beside the base run and compared with it
     lever = ["--models", "unet"] + argv[3:] + ["--variant", "fastema", "--train_option", "ema_decay=0.9"]
@@ -155,6 +156,14 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     # the same variant name with other options is refused, not silently answered by the old run
     with pytest.raises(UserError, match="--variant fastema: unet has a run of that name with options"):
         compute.main(lever[:-1] + ["ema_decay=0.5"])
+
+
+def test_compute_notes_are_written_once_per_network_with_their_budgets():
+    import bench.compute as compute
+
+    rows = [{"model": "cno", "minutes": 5, "note": "made as a lever"}, {"model": "fno", "minutes": 5, "note": None},
+            {"model": "cno", "minutes": 10.0, "note": "made as a lever"}]
+    assert compute.note_lines(rows) == ["cno (5, 10 min): made as a lever.", ""]
 
 
 @pytest.mark.parametrize("flags, message", [
