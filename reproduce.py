@@ -117,6 +117,23 @@ def run_name(model, prior, seed):
     return f"{model}_{prior}_s{seed}"
 
 
+# options that name this machine or this call, not the run a checkpoint holds
+CALL_OPTIONS = {"data_root", "out_dir", "save_model", "device", "threads", "progress", "resume"}
+
+
+def option_changes(config, saved):
+    """{option: (saved, wanted)} where a saved run's options differ from the profile's. Options a
+    checkpoint predates take main.py's defaults (its validation sampler: Euler-Maruyama). More
+    epochs at a constant learning rate continue the run; under a decaying schedule they change
+    every step's rate, so they count as a change."""
+    saved = {**dataclasses.asdict(training.TrainConfig(model=config.model)), "sampler": "em", **saved}
+    changes = {name: (saved[name], value) for name, value in dataclasses.asdict(config).items()
+               if name not in CALL_OPTIONS and saved.get(name) != value}
+    if config.lr_schedule == "constant" and set(changes) == {"n_epochs"} and saved["n_epochs"] < config.n_epochs:
+        return {}
+    return changes
+
+
 def train_run(args, settings, model, prior, seed, folder):
     """Train (or resume, or skip) one run; returns the training config used."""
     name = run_name(model, prior, seed)
@@ -126,9 +143,19 @@ def train_run(args, settings, model, prior, seed, folder):
                                   progress=args.progress, **options)
     last = os.path.join(folder, name, "last.pt")
     if os.path.exists(last):
-        if load_checkpoint(last)["epoch"] >= config.n_epochs:
+        saved = load_checkpoint(last)
+        changes = option_changes(config, saved["config"])
+        if changes:
+            # trained with other options (the profile changed): keep it aside, never resume it
+            aside = os.path.join(folder, f"{name}.other-options-{timestamp()}")
+            os.rename(os.path.join(folder, name), aside)
+            print(f"[reproduce] {name} was trained with other options ("
+                  + ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changes.items())
+                  + f"); moved it to {aside}", flush=True)
+        elif saved["epoch"] >= config.n_epochs:
             return config
-        config.resume = True
+        else:
+            config.resume = True
     elif os.path.isdir(os.path.join(folder, name)):
         # interrupted before its first checkpoint: keep it aside (nothing is deleted), start anew
         aside = os.path.join(folder, f"{name}.incomplete-{timestamp()}")

@@ -114,6 +114,36 @@ def test_a_run_killed_before_its_first_checkpoint_is_kept_aside_and_restarted(ti
     assert (stale / "last.pt").exists()
 
 
+def test_a_run_trained_with_other_options_is_kept_aside_and_trained_anew(tiny, tmp_path, monkeypatch):
+    """After a profile changes, a checkpoint of the old options must not be resumed or reused."""
+    argv = ["--profile", "tiny", "--models", "unet", "--priors", "standard", "--seeds", "0", "--train_only",
+            "--runs_dir", str(tmp_path / "runs"), "--data_root", str(tmp_path / "mnist"), "--progress", "0"]
+    runs = tmp_path / "runs" / "tiny"
+    assert call(argv) == 0
+    first = (runs / "unet_standard_s0" / "last.pt").stat().st_mtime_ns
+    assert call(argv) == 0  # the same options: a finished run is kept as it is
+    assert (runs / "unet_standard_s0" / "last.pt").stat().st_mtime_ns == first
+    changed = {**TINY_PROFILE, "models": {**TINY_PROFILE["models"],
+                                          "unet": {**TINY_PROFILE["models"]["unet"], "ema_decay": 0.5}}}
+    monkeypatch.setitem(reproduce.PROFILES, "tiny", changed)
+    assert call(argv) == 0
+    kept = [name for name in os.listdir(runs) if name.startswith("unet_standard_s0.other-options-")]
+    assert len(kept) == 1 and (runs / kept[0] / "last.pt").stat().st_mtime_ns == first
+    assert reproduce.load_checkpoint(str(runs / "unet_standard_s0" / "last.pt"))["config"]["ema_decay"] == 0.5
+
+
+def test_option_changes_name_what_differs_and_let_a_constant_rate_run_go_on():
+    config = reproduce.training.TrainConfig(model="fno", n_epochs=6, sampler="auto")
+    saved = {**reproduce.dataclasses.asdict(config), "data_root": "elsewhere", "device": "cuda"}
+    assert reproduce.option_changes(config, saved) == {}  # this machine's options are not the run's
+    assert reproduce.option_changes(config, {**saved, "n_epochs": 2}) == {}  # more epochs, constant rate
+    assert reproduce.option_changes(config, {**saved, "n_epochs": 9}) == {"n_epochs": (9, 6)}
+    config.lr_schedule = "cosine"
+    assert reproduce.option_changes(config, {**saved, "lr_schedule": "cosine", "n_epochs": 2}) == {"n_epochs": (2, 6)}
+    del saved["sampler"]  # a checkpoint from before --sampler validated with Euler-Maruyama
+    assert reproduce.option_changes(config, {**saved, "lr_schedule": "cosine"}) == {"sampler": ("em", "auto")}
+
+
 def test_the_per_run_records_under_results_are_not_git_ignored():
     """The table is rebuilt from results/runs/PROFILE/*.json: they must be committed with it
     (a bare `runs/` pattern in .gitignore, meant for the checkpoints, once hid them)."""
