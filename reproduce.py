@@ -302,7 +302,8 @@ def table_markdown(records, profile, total_seconds):
         for r in records:
             hosts.setdefault(hardware(r), []).append(run_name(r["model"], r["prior"], r["seed"]))
         for host, names in hosts.items():
-            which = "all runs" if len(hosts) == 1 else f"{len(names)} run{'s' if len(names) > 1 else ''} ({', '.join(sorted(names))})"
+            plural = "s" if len(names) > 1 else ""
+            which = "all runs" if len(hosts) == 1 else f"{len(names)} run{plural} ({', '.join(sorted(names))})"
             lines.append(f"Hardware, {which}: {host}.")
         lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", "",
                   sampler_line(records, profile), ""]

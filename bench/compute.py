@@ -8,7 +8,7 @@ checkpoint, and the cosine learning-rate schedule spans the budget), seed 0, the
 prior, full MNIST. Each run is then scored by test.py at n0 = 28 and at 56 (resample mode, the
 n0 samples interpolated) at n = --num_samples against MNIST test, with the Frechet distance,
 and its record is written to results/compute/NAME.json. results/compute.md (one row per run,
-floors at the same n) and results/compute.png (MMD at 28 against minutes, log-log, a line per
+floors at the same n) and results/compute.png (MMD and FD at 28 against minutes, log-log, a line per
 network, the real-vs-real floor as a band) are rebuilt after every run. Finished runs are
 skipped, interrupted ones resume (reproduce.py's machinery). A budget is wall-clock time, so
 it depends on the machine: every record names its host and the steps it reached.
@@ -204,26 +204,39 @@ def write_report(args, records, command):
 
 
 def draw(rows, path):
-    """MMD at 28 against training minutes, log-log, one line per network (variants dashed); the
-    floor as a band."""
+    """MMD and Frechet distance at 28 against training minutes, log-log, one line per network
+    (variants dashed), the real-vs-real floor as a band: near the floor the MMD at n = 1,000 stops
+    ranking models and the FD still does."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for model, variant in sorted({(r["model"], r["variant"]) for r in rows}):
-        points = sorted((r["minutes"], r["mmd_28"]) for r in rows if (r["model"], r["variant"]) == (model, variant))
-        ax.plot(*zip(*points), marker="o", linestyle="-" if variant == BASE else "--",
-                label=model if variant == BASE else f"{model} ({variant})")
-    floors = [r["floor_28"] for r in rows]
-    low, high = min(floors), max(floors)
-    ax.axhspan(low, high if high > low else low * 1.02, color="gray", alpha=0.3,
-               label=f"real vs real (n = {rows[0]['n']})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training minutes (2 CPU cores)")
-    ax.set_ylabel("MMD at 28")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    budgets = sorted({r["minutes"] for r in rows})
+    for ax, key, floor_key, label in ((axes[0], "mmd_28", "floor_28", "MMD at 28"),
+                                      (axes[1], "fd_28", "fd_floor", "Frechet distance at 28")):
+        for model, variant in sorted({(r["model"], r["variant"]) for r in rows}):
+            points = sorted((r["minutes"], r[key]) for r in rows
+                            if (r["model"], r["variant"]) == (model, variant) and r[key] is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", linestyle="-" if variant == BASE else "--",
+                        label=model if variant == BASE else f"{model} ({variant})")
+        floors = [r[floor_key] for r in rows if r[floor_key] is not None]
+        if floors:
+            low, high = min(floors), max(floors)
+            ax.axhspan(low, high if high > low else low * 1.02, color="gray", alpha=0.3,
+                       label=f"real vs real (n = {rows[0]['n']})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(budgets))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.set_xlabel("training minutes (2 CPU cores)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
