@@ -169,8 +169,8 @@ def train_run(args, settings, model, prior, seed, folder):
 def evaluate_run(args, settings, model, prior, seed, folder, out_json, extra=None):
     """Evaluate the last checkpoint of a run (EMA weights) at 28 and at 56 in the profile's sample
     modes (resample and native-bl unless it names others; the raw native ablation for the profile's
-    native seeds), with the profile's sampler (Euler-Maruyama 200 steps, the table's protocol,
-    unless it names another; num_steps None leaves the steps to the sampler, auto's to the network).
+    native seeds), with the profile's sampler (cpu: auto; Euler-Maruyama 200 steps where a profile
+    names none, as cpu-v1; num_steps None leaves the steps to the sampler, auto's to the network).
     extra: fields added to the record before it is written (one write: an interruption cannot leave
     a record without them)."""
     name = run_name(model, prior, seed)
