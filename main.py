@@ -485,6 +485,8 @@ def check_same_data(state, source, train_images, folder):
 
 
 FRESH_ON_RESUME = ("device", "threads", "progress", "resume", "out_dir")  # this machine's, never the saved
+# what a checkpoint saved before an option existed was trained with, where it differs from today's default
+LEGACY_DEFAULTS = {"sampler": "em"}
 
 
 def check_resume_flags(config, saved, given):
@@ -493,7 +495,7 @@ def check_resume_flags(config, saved, given):
     --minutes keeps its budget), except the few that describe this machine (FRESH_ON_RESUME).
     Runs saved before --sampler existed validated with Euler-Maruyama, and keep it: the validation
     sampler is fixed for a run, or best.pt would compare figures of two samplers."""
-    saved = {"sampler": "em", **saved}
+    saved = {**LEGACY_DEFAULTS, **saved}
     for name, value in saved.items():
         if not hasattr(config, name) or name in FRESH_ON_RESUME:
             continue

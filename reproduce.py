@@ -118,7 +118,7 @@ def run_name(model, prior, seed):
 
 
 # options that name this machine or this call, not the run a checkpoint holds
-CALL_OPTIONS = {"data_root", "out_dir", "save_model", "device", "threads", "progress", "resume"}
+CALL_OPTIONS = {*training.FRESH_ON_RESUME, "data_root", "save_model"}
 
 
 def option_changes(config, saved):
@@ -126,7 +126,7 @@ def option_changes(config, saved):
     checkpoint predates take main.py's defaults (its validation sampler: Euler-Maruyama). More
     epochs at a constant learning rate continue the run; under a decaying schedule they change
     every step's rate, so they count as a change."""
-    saved = {**dataclasses.asdict(training.TrainConfig(model=config.model)), "sampler": "em", **saved}
+    saved = {**dataclasses.asdict(training.TrainConfig(model=config.model)), **training.LEGACY_DEFAULTS, **saved}
     changes = {name: (saved[name], value) for name, value in dataclasses.asdict(config).items()
                if name not in CALL_OPTIONS and saved.get(name) != value}
     if config.lr_schedule == "constant" and set(changes) == {"n_epochs"} and saved["n_epochs"] < config.n_epochs:
