@@ -38,8 +38,8 @@ FULL_PRIORS = BASE_PRIORS + ["lap_spectral", "combined_conv", "fno", "matern"]
 MODELS = ["unet", "fno", "cno"]
 
 # "cpu": chosen from the lever runs and the quality-vs-compute curves of docs/results.md ("How the CPU
-# profile was chosen"): one recipe for the three networks, 6 epochs of full MNIST (5,628 steps of batch
-# 64, 21-25 min alone on 2 cores) with a cosine decay of the learning rate to the last step, each
+# profile was chosen"): one recipe for the three networks, 6 epochs of full MNIST (5,532 steps of batch
+# 64; 28-30 min with validation alone on 2 cores, measured for the UNet and the FNO) with a cosine decay of the learning rate to the last step, each
 # network with its best measured parametrization (EDM preconditioning for the operators, the noise
 # for the UNet) and 25-evaluation sampler ("auto", sde.AUTO_SAMPLERS). It replaced v1's 2 epochs at a
 # constant rate, noise parametrization and Euler-Maruyama 200 (results/compute.md: the curves still
@@ -55,7 +55,7 @@ PROFILES = {
             "fno": {"n_epochs": 6, "model_arg": [], "parametrization": "edm"},
             "cno": {"n_epochs": 6, "model_arg": [], "parametrization": "edm"},
         },
-        # native 56 costs ~3.5x a 28 sample: seed 0 only, at the same n as 28
+        # 56 at the same n as 28: native-bl for every seed, the raw native ablation for seed 0 only
         "eval": {"num_samples_mmd": 1000, "num_samples_native": 1000, "resample_noise": "n0",
                  "native_seeds": [0], "sampler": "auto", "num_steps": None},
     },
