@@ -73,6 +73,10 @@ class TrainConfig:
                                          "a = -g/s net), 'score' (a = net, the reference) or 'edm' (a "
                                          "denoiser with EDM's preconditioning and loss weight)",
                                 choices=list(sde.ScoreModel.PARAMETRIZATIONS))
+    t_sampling: str = _opt("uniform", "training times: 'uniform' t ~ U(eps, 1) (the reference) or "
+                                      "'lognormal' (EDM's log-normal noise levels, median sigma 0.17; "
+                                      "with --parametrization edm this is EDM's training exactly)",
+                           choices=list(sde.T_SAMPLINGS))
     lr: float = _opt(1e-3, "Adam learning rate")
     batch_size: int = _opt(64, "training batch size per process; under torchrun the global batch "
                                "is batch_size x number of processes")
@@ -351,7 +355,8 @@ def train_epoch(run, images, progress=True):
         share = math.ceil(len(chunk) / dist.world)
         x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bool(config.amp)):
-            loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world))
+            loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world),
+                                t_sampling=config.t_sampling)
         if _injected_fault(run.step + 1):
             loss = loss * math.nan
         mean_loss = dist.mean(loss.item())

@@ -110,10 +110,34 @@ class ScoreModel(nn.Module):
         return sigma_of_t(t) ** 2 / c_out**2
 
 
-def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1)):
+T_SAMPLINGS = ("uniform", "lognormal")
+# EDM's training distribution ln sigma ~ N(-1.2, 1.2^2) was set for data of standard deviation 0.5;
+# its median sigma = 0.30 = 0.6 sd, so for ours the median is 0.6 SIGMA_DATA (Karras et al. 2022).
+P_MEAN, P_STD = math.log(0.6 * SIGMA_DATA), 1.2
+
+
+def training_times(count, generator=None, t_sampling="uniform", noise_variance=1.0, t_eps=T_EPS):
+    """Diffusion times t of `count` training images, on the CPU.
+
+    'uniform' (the reference, DESIGN.md section 2): t ~ U(t_eps, 1). In sigma = s / m that puts half
+    of the images above sigma = 3.4, where an image in [0, 1] is nearly all noise.
+    'lognormal' (EDM's p(sigma)): the pixel noise level sigma_v = sqrt(v) sigma(t) of a prior of pixel
+    variance v has ln sigma_v ~ N(P_MEAN, P_STD^2); t = t_of_sigma(sigma_v / sqrt(v)), kept in
+    [t_eps, 1] (a draw falls outside about once in 10^5).
+    """
+    if t_sampling == "uniform":
+        return t_eps + (1 - t_eps) * torch.rand(count, generator=generator)
+    if t_sampling != "lognormal":
+        raise ValueError(f"unknown t_sampling {t_sampling!r}: expected one of {', '.join(T_SAMPLINGS)}")
+    sigma_v = torch.exp(P_MEAN + P_STD * torch.randn(count, generator=generator, dtype=torch.float64))
+    return t_of_sigma(sigma_v / math.sqrt(noise_variance)).clamp(t_eps, 1.0)
+
+
+def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_sampling="uniform"):
     """Denoising score-matching loss, summed over pixels, averaged over the batch.
 
-    t ~ U(t_eps, 1) per image, eta = A z, X_t = m X_0 + s eta,
+    t from `training_times` per image (t_sampling 'uniform': t ~ U(t_eps, 1); 'lognormal': EDM's
+    log-normal noise levels), eta = A z, X_t = m X_0 + s eta,
     loss = mean_batch w(t) 1/2 sum_pixels (a(X_t, t) s / g + eta)^2, w = the model's
     `loss_weight(t)` (1 but for the 'edm' parametrization).
     Random numbers come from `generator` on the CPU (same on every device).
@@ -124,7 +148,7 @@ def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1)):
     rank, world = shard
     batch = x0.shape[0]
     mine = slice(rank * batch, (rank + 1) * batch)
-    t = t_eps + (1 - t_eps) * torch.rand(world * batch, generator=generator)
+    t = training_times(world * batch, generator, t_sampling, prior.pixel_variance(), t_eps)
     t = t[mine].to(device=x0.device, dtype=x0.dtype)
     eta = prior.sample((world * batch, *x0.shape[1:]), generator, x0.device, x0.dtype)[mine]
     m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())

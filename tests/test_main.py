@@ -318,6 +318,17 @@ def test_an_edm_run_trains_and_samples_from_its_checkpoint(tmp_path, capsys):
     assert samples.shape == (3, 1, 28, 28) and torch.isfinite(samples).all()
 
 
+def test_t_sampling_reaches_the_loss_is_saved_and_must_match_on_resume(tmp_path, capsys, monkeypatch):
+    asked = []
+    original = sde.training_times
+    monkeypatch.setattr(sde, "training_times", lambda *a, **k: asked.append(a[2]) or original(*a, **k))
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", "--t_sampling", "lognormal"), capsys)[0] == 0
+    assert asked and set(asked) == {"lognormal"}
+    assert load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))["config"]["t_sampling"] == "lognormal"
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--resume", "--t_sampling", "uniform"), capsys)
+    assert code != 0 and "--t_sampling uniform does not match the checkpoint's lognormal" in err
+
+
 def test_a_run_saved_with_the_channel_first_fno_weight_resumes(tmp_path, capsys):
     """Checkpoints of FNO runs made before the modes-first layout: weights, EMA and Adam's moments
     in the old layout; --resume must go on, not fail inside the optimizer."""

@@ -660,6 +660,40 @@ def test_the_loss_draws_t_uniformly_from_t_eps_to_1_and_slices_its_shard_of_the_
     assert sum(s.item() for s in shards) / 3 == pytest.approx(whole.item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("variance", [1.0, 4.0])
+def test_lognormal_training_times_give_edms_log_normal_pixel_noise_level_at_our_data_scale(variance):
+    """ln(sqrt(v) sigma(t)) ~ N(ln(0.6 * 0.28), 1.2^2): EDM's N(-1.2, 1.2^2) for data of sd 0.5, its median
+    0.30 = 0.6 sd moved to our sd 0.28; the prior's pixel variance v enters as in the preconditioning."""
+    t = sde.training_times(200_000, torch.Generator().manual_seed(0), "lognormal", variance)
+    assert t.min() >= sde.T_EPS and t.max() <= 1
+    log_level = torch.log(math.sqrt(variance) * sde.sigma_of_t(t.double()))
+    assert log_level.mean().item() == pytest.approx(math.log(0.6 * 0.28), abs=0.01)  # 0.0027 = 1 sd of the mean
+    assert log_level.std().item() == pytest.approx(1.2, abs=0.01)
+    uniform = sde.training_times(200_000, torch.Generator().manual_seed(0))
+    assert uniform.min() >= sde.T_EPS and uniform.mean().item() == pytest.approx(0.5, abs=0.005)
+    with pytest.raises(ValueError, match="t_sampling"):
+        sde.training_times(3, None, "beta")
+
+
+def test_the_loss_takes_its_times_from_the_chosen_t_sampling_with_the_priors_pixel_variance():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, y, t):
+            seen.append(t.clone())
+            return torch.tanh(y)
+
+    prior = build_prior("lap_conv", N0)  # pixel variance 0.077, so a forgotten v shows
+    x0 = torch.rand(6, 1, N0, N0, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sde.dsm_loss(Recorder(), x0, prior, torch.Generator().manual_seed(5), t_sampling="lognormal")
+    expected = sde.training_times(6, torch.Generator().manual_seed(5), "lognormal", prior.pixel_variance())
+    assert abs(math.log(prior.pixel_variance())) > 0.5
+    assert torch.allclose(seen[0], expected.double(), rtol=0, atol=1e-12)
+    shards = [sde.dsm_loss(Recorder(), x0[2 * r:2 * r + 2], prior, torch.Generator().manual_seed(5), shard=(r, 3),
+                           t_sampling="lognormal") for r in range(3)]
+    assert torch.equal(torch.cat(seen[1:]), seen[0]) and all(torch.isfinite(s) for s in shards)
+
+
 def test_the_loss_reads_the_weight_of_a_wrapped_model_as_distributed_data_parallel_wraps_it():
     class Constant(torch.nn.Module):
         def forward(self, u, t):
