@@ -73,8 +73,9 @@ def build_parser():
                         help="'auto': the network's measured choice, at most 50 score evaluations and "
                              "below em with 200 steps at n = 1000 "
                              f"({', '.join(f'{m}: {s} {k}' for m, (s, k) in AUTO_SAMPLERS.items())} steps; "
-                             "results/samplers_n1000.md); 'em': Euler-Maruyama on the reverse SDE (the "
-                             "reference, and the results table's protocol with 200 steps); 'heun': Heun's "
+                             "results/samplers_n1000.md, results/samplers_cpu.md; the results table's protocol); 'em': "
+                             "Euler-Maruyama on the reverse SDE (the reference's sampler, and the cpu-v1 "
+                             "table's with 200 steps); 'heun': Heun's "
                              "method on the probability-flow ODE (2 score evaluations a step); "
                              "'ancestral': Gaussian bridge steps with the denoiser on the EDM sigma grid "
                              "(1 a step); 'dpm2m': DPM-Solver++(2M), the ancestral steps made second "
@@ -119,7 +120,7 @@ def resolve_sampler(args, model_name):
     if chosen != "auto":
         return None
     return (f"sampler: auto -> {args.sampler} with {args.num_steps} steps for the {model_name} "
-            f"(results/samplers_n1000.md; --sampler em --num_steps 200 is the results table's protocol)")
+            f"(results/samplers_cpu.md; --sampler em --num_steps 200 is the reference's sampler)")
 
 
 def resolve_checkpoint(name, out_dir, which):
