@@ -350,7 +350,8 @@ def score_evaluations(sampler, num_steps, tweedie):
 
 
 # --sampler auto, per network: a sampler of at most 50 score evaluations, below Euler-Maruyama with
-# 200 steps at n = 1000 on the CPU profile's seed-0 checkpoints (results/samplers_n1000.md). UNet:
+# 200 steps at n = 1000 on profile cpu's seed-0 checkpoints (results/samplers_cpu.md: UNet 0.0111 vs
+# 0.0168, FNO 0.0107 vs 0.0239, CNO 0.0117 vs 0.0167), chosen on cpu-v1's (results/samplers_n1000.md). UNet:
 # DPM-Solver++(2M) 25 steps 0.0116 / 0.0247 at 28 / 56 (50 steps: 0.0115 / 0.0264, equal within
 # noise at twice the cost; ancestral 50 0.0201, EM 200 0.0157); CNO: Heun 13 0.0261 (dpm2m 25
 # 0.0314, EM 200 0.0389); FNO: Heun 13 0.0414 (dpm2m 25 0.0447, EM 200 0.0506).
