@@ -75,7 +75,8 @@ class TrainConfig:
                                 choices=list(sde.ScoreModel.PARAMETRIZATIONS))
     t_sampling: str = _opt("uniform", "training times: 'uniform' t ~ U(eps, 1) (the reference) or "
                                       "'lognormal' (EDM's log-normal noise levels, median sigma 0.17; "
-                                      "with --parametrization edm this is EDM's training exactly)",
+                                      "with --parametrization edm this is EDM's training exactly; for the FNO "
+                                      "it scored worse, docs/results.md)",
                            choices=list(sde.T_SAMPLINGS))
     lr: float = _opt(1e-3, "Adam learning rate")
     batch_size: int = _opt(64, "training batch size per process; under torchrun the global batch "
