@@ -39,11 +39,12 @@ MODELS = ["unet", "fno", "cno"]
 
 # "cpu": chosen from the lever runs and the quality-vs-compute curves of docs/results.md ("How the CPU
 # profile was chosen"): one recipe for the three networks, 6 epochs of full MNIST (5,532 steps of batch
-# 64; 28-30 min with validation alone on 2 cores, measured for the UNet and the FNO) with a cosine decay of the learning rate to the last step, each
-# network with its best measured parametrization (EDM preconditioning for the operators, the noise
-# for the UNet) and 25-evaluation sampler ("auto", sde.AUTO_SAMPLERS). It replaced v1's 2 epochs at a
-# constant rate, noise parametrization and Euler-Maruyama 200 (results/compute.md: the curves still
-# fall between 5 and 20 minutes for every network).
+# 64; 28-30 min with validation alone on 2 cores, measured for the UNet and the FNO) with a cosine
+# decay of the learning rate to the last step, each network with its best measured parametrization
+# (EDM preconditioning for the operators, the noise for the UNet) and 25-evaluation sampler ("auto",
+# sde.AUTO_SAMPLERS). It replaced v1's 2 epochs at a constant rate, noise parametrization and
+# Euler-Maruyama 200 (results/compute.md: the curves still fall between 5 and 20 minutes for every
+# network).
 # "cpu-v1": the table of November 2026 (2 epochs each, the reference's noise parametrization, EM 200),
 # kept so that its records (results/v1/) can be rebuilt and rerun.
 PROFILES = {
