@@ -413,6 +413,12 @@ def validate_run(run, val_low, val_high, folder):
     return dist.broadcast(figures)
 
 
+def cpu_load():
+    """The 1-minute load average at an epoch's end ("" where the OS has none): above the torch
+    threads, other work shared the CPU and the epoch's seconds are not a timing."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else ""
+
+
 def log_row(folder, row):
     """Append a row to log.csv under its existing header (a log begun by older code keeps its
     columns; fields it lacks are left out), or start the file with this row's fields."""
@@ -594,7 +600,8 @@ def run_epoch(run, train_images, val_low, val_high, folder):
     run.epoch += 1
     row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
            "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": "",
-           "lr": run.optimizer.param_groups[0]["lr"], "train_minutes": run.train_seconds / 60}
+           "lr": run.optimizer.param_groups[0]["lr"], "train_minutes": run.train_seconds / 60,
+           "load_1min": cpu_load()}
     improved = False
     last = run.epoch == config.n_epochs or run.budget_spent
     if last or (config.val_every and run.epoch % config.val_every == 0):

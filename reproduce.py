@@ -203,6 +203,8 @@ def evaluate_run(args, settings, model, prior, seed, folder, out_json, extra=Non
               "eval_seconds": time.time() - started, "data": source, "results": rows,
               "sampler": eval_args.sampler, "num_steps": eval_args.num_steps,  # as evaluate resolved them
               "history": [{k: row[k] for k in ("epoch", "loss", "mmd_n0", "mmd_2n0")} for row in state["history"]],
+              "max_load_1min": max((row["load_1min"] for row in state["history"] if row.get("load_1min", "") != ""),
+                                   default=None),
               "classifier_sha256": frechet.file_sha256(critic_path) if critic else None,
               "train_config": state["config"], "model_kwargs": state["model_kwargs"], "versions": versions(),
               "val_floor": recorded_val_floor(run_folder, state["config"])}
@@ -248,8 +250,8 @@ def mean_sd(values, digits=4):
 def write_runs_csv(records, path):
     fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
               "mmd_56_resample", "n_56_resample", "mmd_56_native_bl", "n_56_native_bl", "mmd_56_native",
-              "n_56_native", "floor_28",
-              "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28", "fd_floor_28", "digits_28", "host"]
+              "n_56_native", "floor_28", "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28",
+              "fd_floor_28", "digits_28", "max_load_1min", "host"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -270,12 +272,26 @@ def write_runs_csv(records, path):
                 "fd_28": f"{low['fd']:.3f}" if "fd" in low else "",
                 "fd_floor_28": f"{low['fd_floor']:.3f}" if "fd" in low else "",
                 "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else "",
+                "max_load_1min": "" if r.get("max_load_1min") is None else r["max_load_1min"],
                 "host": hardware(r)})
 
 
 def hardware(record):
     info = record["versions"]
     return f"{info['platform']}, torch threads {info['cpu_threads']}, GPU: {info['cuda'] or 'none'}"
+
+
+def shared_cpu_lines(records):
+    """Name the runs whose training shared the CPU with other work: a 1-minute load average above
+    the torch threads + 1 at some epoch's end (the run itself accounts for up to its threads).
+    Their train minutes are not timings. Runs recorded before the load was logged are not judged."""
+    shared = [f"{run_name(r['model'], r['prior'], r['seed'])} (load {r['max_load_1min']:.1f})"
+              for r in records if r.get("max_load_1min") is not None
+              and r["max_load_1min"] > r["versions"]["cpu_threads"] + 1]
+    if not shared:
+        return []
+    return [f"Training shared the CPU with other work (1-minute load average above the torch threads + 1 "
+            f"at an epoch's end), so these runs' train minutes are not timings: {', '.join(sorted(shared))}."]
 
 
 COLUMNS_NOTE = (
@@ -306,6 +322,7 @@ def table_markdown(records, profile, total_seconds):
             plural = "s" if len(names) > 1 else ""
             which = "all runs" if len(hosts) == 1 else f"{len(names)} run{plural} ({', '.join(sorted(names))})"
             lines.append(f"Hardware, {which}: {host}.")
+        lines += shared_cpu_lines(records)
         lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", "",
                   sampler_line(records, profile), ""]
     lines += [COLUMNS_NOTE, ""]

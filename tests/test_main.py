@@ -1,4 +1,5 @@
 """The training CLI: a tiny end-to-end run, checkpoint round trip, bad flags refused clearly."""
+import csv
 import json
 import math
 import os
@@ -42,6 +43,17 @@ def test_tiny_training_run_writes_config_log_grids_and_checkpoints(tmp_path, cap
     state = torch.load(folder / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 4
     assert len((folder / "log.csv").read_text().strip().splitlines()) == 3
+    logged = list(csv.DictReader(open(folder / "log.csv")))
+    assert logged[-1]["load_1min"] == str(state["history"][-1]["load_1min"])  # the CPU's load, for timings
+    if hasattr(os, "getloadavg"):
+        assert float(logged[-1]["load_1min"]) >= 0
+
+
+def test_the_logged_load_is_the_one_minute_average(monkeypatch):
+    monkeypatch.setattr(main.os, "getloadavg", lambda: (3.256, 2.0, 1.0))
+    assert main.cpu_load() == 3.26
+    monkeypatch.delattr(main.os, "getloadavg")
+    assert main.cpu_load() == ""
 
 
 def test_validation_floor_is_zero_for_the_same_images_and_seeded_otherwise():

@@ -64,6 +64,7 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert reproduce.seeds_note([0.1, 0.2], [1, 2, 3]) == " (2 seeds)"
     assert "Hardware, all runs: " in table and all(r["host"] for r in rows)
     record = json.load(open(results / "runs" / "tiny" / "unet_standard_s0.json"))
+    assert record["max_load_1min"] is not None and record["max_load_1min"] >= 0
     assert (record["sampler"], record["num_steps"]) == ("em", 3)  # the profile's eval, as test.py resolved it
     assert "Samplers at n0: unet: em 3 steps, 3 score evaluations; cno: em 3 steps, 3 score evaluations." in table
     floors = json.load(open(results / "runs" / "tiny_val_floors.json"))
@@ -81,6 +82,7 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     record = json.load(open(moved))
     record["versions"]["platform"] = "another-machine"
     del record["sampler"], record["num_steps"]  # as records written before these fields (v1's)
+    record["max_load_1min"] = record["versions"]["cpu_threads"] + 3.5  # trained beside other work
     moved.write_text(json.dumps(record))
     assert call(argv) == 0  # everything finished: only the summary is rebuilt
     assert len(list(csv.DictReader(open(results / "runs.csv")))) == 4
@@ -88,6 +90,19 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert "Hardware, 1 run (cno_standard_s1): another-machine," in table
     assert "Hardware, 3 runs (cno_standard_s0, unet_standard_s0, unet_standard_s1): " in table
     assert "cno: em 3 steps (the profile's) / em 3 steps, 3 score evaluations." in table
+    assert f"cno_standard_s1 (load {record['max_load_1min']:.1f})" in table.split("not timings: ")[1]
+
+
+def test_a_run_is_called_contended_only_above_its_threads_plus_one():
+    def record(name, load, threads=2):
+        model, prior, seed = name
+        return {"model": model, "prior": prior, "seed": seed, "max_load_1min": load,
+                "versions": {"cpu_threads": threads}}
+    records = [record(("unet", "standard", 0), 3.0), record(("fno", "standard", 0), 3.2),
+               record(("cno", "standard", 0), None), record(("cno", "standard", 1), 9.0, threads=8)]
+    lines = reproduce.shared_cpu_lines(records)
+    assert len(lines) == 1 and lines[0].endswith("not timings: fno_standard_s0 (load 3.2).")
+    assert reproduce.shared_cpu_lines(records[:1] + records[2:]) == []
 
 
 @pytest.mark.parametrize("profile", sorted(reproduce.PROFILES))
