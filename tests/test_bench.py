@@ -223,3 +223,55 @@ def test_a_speed_section_measured_again_replaces_its_old_version_and_keeps_the_o
                       "## Against the original code (side by side)\n\n(Command: `python bench/speed.py --only "
                       "reference` Hardware: B)\n\n| ratio |\n\n## Riesz MMD\n\n(Command: `python bench/speed.py "
                       "--only reference` Hardware: B)\n\n| mmd |\n")
+
+
+def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, capsys):
+    import statistics
+
+    import bench.draws as draws
+    import frechet
+    import test as evaluation
+    from mmd import riesz_mmd
+    from resample import resample
+    from tests.test_main import call as train, tiny_args
+    from utils import load_checkpoint
+
+    code, err = train(tiny_args(tmp_path, "--n_epochs", "1"), capsys)
+    assert code == 0, err
+    path = str(tmp_path / "runs" / "run" / "last.pt")
+    output = tmp_path / "draws.md"
+    draws.main(["--checkpoints", path, "--seeds", "3", "5", "--ref_seed", "1", "--num_samples", "8",
+                "--output", str(output), "--progress", "0"])
+    records = json.loads(output.with_suffix(".json").read_text())["results"]
+    assert [(r["run"], r["seed"]) for r in records] == [("unet / standard", 3), ("unet / standard", 5),
+                                                         (draws.REAL, 3), (draws.REAL, 5)]
+    state = load_checkpoint(path)
+    model, prior, _ = evaluation.restore(state, "cpu", "ema")
+    refs = evaluation.References(str(tmp_path / "mnist"), 28, 1)  # the same test images for every draw
+    test_low, test_high = refs.images("test", 8, 56)
+    critic, _ = evaluation.load_critic(None)
+    sampler, steps = sde.AUTO_SAMPLERS["unet"]
+    for record in records[:2]:
+        images = sde.generate(model, prior, 8, 28, 1, "native", record["seed"], None, steps, "cpu",
+                              sampler=sampler, show_progress=False)
+        assert record["mmd_28"] == pytest.approx(riesz_mmd(images, test_low), rel=1e-5)
+        upsampled = resample(images, 56, "fourier").clamp(0, 1)
+        assert record["mmd_56_resample"] == pytest.approx(riesz_mmd(upsampled, test_high), rel=1e-5)
+        fd = frechet.frechet_distance(frechet.apply(critic, images)[0], frechet.apply(critic, test_low)[0])
+        assert record["fd_28"] == pytest.approx(fd, rel=1e-5)
+    real = evaluation.References(str(tmp_path / "mnist"), 28, 5).images("train", 8, 28)[0]  # picked by the seed
+    assert records[3]["mmd_28"] == pytest.approx(riesz_mmd(real, test_low), rel=1e-5)
+    assert records[0]["mmd_28"] != records[1]["mmd_28"]  # the seed changes the draw
+    values = [r["mmd_28"] for r in records[:2]]
+    cell = (f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f} "
+            f"[{min(values):.4f}, {max(values):.4f}]")
+    table = output.read_text()
+    assert f"| unet / standard | {sampler} {steps} | 8 | 3 5 | {cell} |" in table
+    assert output.with_suffix(".png").exists()
+
+
+def test_draws_spread_is_the_sample_sd_and_one_seed_is_refused():
+    import bench.draws as draws
+    assert draws.spread([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(1.5275252), 1.0, 4.0)
+    with pytest.raises(UserError, match="--seeds"):
+        draws.parse_args(["--checkpoints", "x.pt", "--seeds", "2", "2"])
