@@ -4,10 +4,11 @@
         --seeds 0 1 2 3 4 --data_root ~/mnist        # writes results/draws.md, .json, .png
 
 For each checkpoint and each sampling seed s: --num_samples images at n0 with the network's
-default sampler (`auto`), scored against ONE fixed set of MNIST test images (picked by
---ref_seed) at n0, at 2 n0 (the samples Fourier-upsampled: the resample protocol with n0 noise)
-and, with the classifier, by the Frechet distance at n0. The row `real digits` does the same for
-real training digits picked by s: how far the floor moves with its draw. The table gives mean,
+default sampler (`auto`, ending with the denoiser as in test.py: seed s is `test.py --seed s`'s
+draw), scored against ONE fixed set of MNIST test images (picked by --ref_seed) at n0, at 2 n0
+(the samples Fourier-upsampled: the resample protocol with n0 noise) and, with the classifier,
+by the Frechet distance at n0. The row `real digits` does the same for real training digits
+picked by s: how far the floor moves with its draw. The table gives mean,
 sd and range over the seeds; the sd is what a single figure of results/table.md carries from
 sampling alone (its sd over training seeds adds training noise to it), so a lever that moves a
 figure by less than about two of these sd is not resolved by one draw.
@@ -61,7 +62,8 @@ def sample_rows(args, path, critic):
     for seed in args.seeds:
         started = time.time()
         images = sde.generate(model, prior, args.num_samples, n0, 1, "native", seed, None, steps, "cpu",
-                              desc=f"{run} seed {seed}", sampler=sampler, show_progress=bool(args.progress))
+                              desc=f"{run} seed {seed}", sampler=sampler, show_progress=bool(args.progress),
+                              tweedie=sde.default_tweedie(sampler))  # as test.py: seed 0 is the table's draw
         rows.append({"checkpoint": path, "run": run, "sampler": f"{sampler} {steps}", "seed": seed,
                      "n": args.num_samples, "ref_seed": args.ref_seed, "seconds": time.time() - started,
                      **scores(images, test_low, test_high, critic)})

@@ -225,14 +225,13 @@ def test_a_speed_section_measured_again_replaces_its_old_version_and_keeps_the_o
                       "--only reference` Hardware: B)\n\n| mmd |\n")
 
 
-def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, capsys):
+def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, capsys, monkeypatch):
     import statistics
 
     import bench.draws as draws
     import frechet
     import test as evaluation
     from mmd import riesz_mmd
-    from resample import resample
     from tests.test_main import call as train, tiny_args
     from utils import load_checkpoint
 
@@ -240,33 +239,50 @@ def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, cap
     assert code == 0, err
     path = str(tmp_path / "runs" / "run" / "last.pt")
     output = tmp_path / "draws.md"
-    draws.main(["--checkpoints", path, "--seeds", "3", "5", "--ref_seed", "1", "--num_samples", "8",
+    calls = []  # the sampling protocol of every draw: a tiny model's samples may saturate and hide it
+    original = sde.generate
+
+    def recording(*args, **kwargs):
+        names = ("model", "prior", "num_samples", "n0", "upscale", "mode", "seed", "batch_size", "num_steps")
+        bound = {**dict(zip(names, args)), **kwargs}
+        calls.append({k: bound.get(k) for k in ("mode", "seed", "num_steps", "sampler", "tweedie", "resolution")})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sde, "generate", recording)
+    draws.main(["--checkpoints", path, "--seeds", "1", "5", "--ref_seed", "1", "--num_samples", "8",
                 "--output", str(output), "--progress", "0"])
     records = json.loads(output.with_suffix(".json").read_text())["results"]
-    assert [(r["run"], r["seed"]) for r in records] == [("unet / standard", 3), ("unet / standard", 5),
-                                                         (draws.REAL, 3), (draws.REAL, 5)]
-    state = load_checkpoint(path)
-    model, prior, _ = evaluation.restore(state, "cpu", "ema")
-    refs = evaluation.References(str(tmp_path / "mnist"), 28, 1)  # the same test images for every draw
-    test_low, test_high = refs.images("test", 8, 56)
+    assert [(r["run"], r["seed"]) for r in records] == [("unet / standard", 1), ("unet / standard", 5),
+                                                         (draws.REAL, 1), (draws.REAL, 5)]
+    # seed 1 against references of seed 1: exactly what test.py --seed 1 reports (sampler, last step, scores)
+    evaluation.main(["--save_model", path, "--upscale", "2", "--sample_mode", "resample", "--resample_noise", "n0",
+                     "--seed", "1", "--num_samples_mmd", "8", "--data_root", str(tmp_path / "mnist"),
+                     "--progress", "0", "--results_dir", str(tmp_path / "eval")])
+    reported = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    drawn, evaluated = calls[0], calls[-1]
+    assert drawn["seed"] == evaluated["seed"] == 1 and evaluated["mode"] == "native"
+    assert (drawn["sampler"], drawn["num_steps"], bool(drawn["tweedie"])) == \
+        (evaluated["sampler"], evaluated["num_steps"], bool(evaluated["tweedie"]))
+    assert evaluated["resolution"] in (None, 28) and drawn.get("resolution") in (None, 28)
+    assert records[0]["mmd_28"] == pytest.approx(reported[0]["mmd"], rel=1e-6)
+    assert records[0]["mmd_56_resample"] == pytest.approx(reported[1]["mmd"], rel=1e-6)
+    assert records[0]["fd_28"] == pytest.approx(reported[0]["fd"], rel=1e-5)
+    # seed 5 is another draw scored against the same test images; the real digits are drawn by their seed
+    assert records[0]["mmd_28"] != records[1]["mmd_28"]
+    refs = evaluation.References(str(tmp_path / "mnist"), 28, 1)
+    test_low = refs.images("test", 8, 56)[0]
+    real = evaluation.References(str(tmp_path / "mnist"), 28, 5).images("train", 8, 28)[0]
+    assert records[3]["mmd_28"] == pytest.approx(riesz_mmd(real, test_low), rel=1e-6)
     critic, _ = evaluation.load_critic(None)
-    sampler, steps = sde.AUTO_SAMPLERS["unet"]
-    for record in records[:2]:
-        images = sde.generate(model, prior, 8, 28, 1, "native", record["seed"], None, steps, "cpu",
-                              sampler=sampler, show_progress=False)
-        assert record["mmd_28"] == pytest.approx(riesz_mmd(images, test_low), rel=1e-5)
-        upsampled = resample(images, 56, "fourier").clamp(0, 1)
-        assert record["mmd_56_resample"] == pytest.approx(riesz_mmd(upsampled, test_high), rel=1e-5)
-        fd = frechet.frechet_distance(frechet.apply(critic, images)[0], frechet.apply(critic, test_low)[0])
-        assert record["fd_28"] == pytest.approx(fd, rel=1e-5)
-    real = evaluation.References(str(tmp_path / "mnist"), 28, 5).images("train", 8, 28)[0]  # picked by the seed
-    assert records[3]["mmd_28"] == pytest.approx(riesz_mmd(real, test_low), rel=1e-5)
-    assert records[0]["mmd_28"] != records[1]["mmd_28"]  # the seed changes the draw
+    fd = frechet.frechet_distance(frechet.apply(critic, real)[0], frechet.apply(critic, test_low)[0])
+    assert records[3]["fd_28"] == pytest.approx(fd, rel=1e-5)
+    assert load_checkpoint(path)["model_name"] == "unet"
     values = [r["mmd_28"] for r in records[:2]]
     cell = (f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f} "
             f"[{min(values):.4f}, {max(values):.4f}]")
     table = output.read_text()
-    assert f"| unet / standard | {sampler} {steps} | 8 | 3 5 | {cell} |" in table
+    sampler, steps = sde.AUTO_SAMPLERS["unet"]
+    assert f"| unet / standard | {sampler} {steps} | 8 | 1 5 | {cell} |" in table
     assert output.with_suffix(".png").exists()
 
 
