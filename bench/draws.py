@@ -38,23 +38,26 @@ def spread(values):
     return statistics.mean(values), sd, min(values), max(values)
 
 
-def scores(images, test_low, test_high, critic):
-    """MMD at n0, MMD of the Fourier-upsampled images at 2 n0, FD at n0 (None without a classifier)."""
+def scores(images, test_low, test_high, critic, test_features):
+    """MMD at n0, MMD of the Fourier-upsampled images at 2 n0, FD at n0 against the test images'
+    classifier features (None without a classifier)."""
     n0 = images.shape[-1]
     upsampled = resample(images, 2 * n0, "fourier").clamp(0, 1)
     fd = None
     if critic is not None:
-        fd = frechet.frechet_distance(frechet.apply(critic, images)[0], frechet.apply(critic, test_low)[0])
+        fd = frechet.frechet_distance(frechet.apply(critic, images)[0], test_features)
     return {"mmd_28": riesz_mmd(images, test_low), "mmd_56_resample": riesz_mmd(upsampled, test_high), "fd_28": fd}
 
 
-def sample_rows(args, path, critic):
-    """One row per sampling seed for the checkpoint, and one per seed for real training digits."""
+def sample_rows(args, path, critic, real_cache):
+    """One row per sampling seed for the checkpoint, and one per seed for real training digits
+    (scored once per data root and n0: real_cache holds them for the next checkpoint)."""
     state = load_checkpoint(path)
     n0 = state["config"]["input_height"]
     root = args.data_root or evaluation.trained_data_root(state)
     refs = evaluation.References(root, n0, args.ref_seed)
     test_low, test_high = refs.images("test", args.num_samples, 2 * n0)
+    test_features = frechet.apply(critic, test_low)[0] if critic is not None else None
     sampler, steps = sde.resolve_sampler("auto", None, state["model_name"])
     model, prior, _ = evaluation.restore(state, "cpu", "ema")
     run = f"{state['model_name']} / {state['prior_config']['name']}"
@@ -66,13 +69,16 @@ def sample_rows(args, path, critic):
                               tweedie=sde.default_tweedie(sampler))  # as test.py: seed 0 is the table's draw
         rows.append({"checkpoint": path, "run": run, "sampler": f"{sampler} {steps}", "seed": seed,
                      "n": args.num_samples, "ref_seed": args.ref_seed, "seconds": time.time() - started,
-                     **scores(images, test_low, test_high, critic)})
+                     **scores(images, test_low, test_high, critic, test_features)})
         print(f"{run}, seed {seed}: MMD 28 {rows[-1]['mmd_28']:.4f}, 56 {rows[-1]['mmd_56_resample']:.4f}",
               flush=True)
-    for seed in args.seeds:
-        real = evaluation.References(root, n0, seed).images("train", args.num_samples, n0)[0]
+    if (root, n0) not in real_cache:
+        real_cache[(root, n0)] = [
+            scores(evaluation.References(root, n0, seed).images("train", args.num_samples, n0)[0],
+                   test_low, test_high, critic, test_features) for seed in args.seeds]
+    for seed, real in zip(args.seeds, real_cache[(root, n0)]):
         rows.append({"checkpoint": path, "run": REAL, "sampler": "-", "seed": seed, "n": args.num_samples,
-                     "ref_seed": args.ref_seed, "seconds": 0.0, **scores(real, test_low, test_high, critic)})
+                     "ref_seed": args.ref_seed, "seconds": 0.0, **real})
     return rows
 
 
@@ -136,14 +142,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     critic, _ = evaluation.load_critic(args.classifier)
-    records = []
+    command = "python bench/draws.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = ["# One figure over several sampling draws", "", f"Command: `{command}`", "",
+             f"Every figure of a run is scored against the same {args.num_samples} MNIST test images "
+             f"(--ref_seed {args.ref_seed}); only the sampling seed changes (for the real digits: which "
+             f"training digits). 56 = the 28 samples Fourier-upsampled. CPU.", ""]
+    records, real_cache = [], {}
     for path in args.checkpoints:
-        records += sample_rows(args, path, critic)
-        command = "python bench/draws.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        lines = ["# One figure over several sampling draws", "", f"Command: `{command}`", "",
-                 f"Every figure of a run is scored against the same {args.num_samples} MNIST test images "
-                 f"(--ref_seed {args.ref_seed}); only the sampling seed changes (for the real digits: which "
-                 f"training digits). 56 = the 28 samples Fourier-upsampled. CPU.", ""]
+        records += sample_rows(args, path, critic, real_cache)
         write_report(args.output, lines + summary_lines(records), records, args.ref_seed,
                      lambda r: r["checkpoint"], draw_panel)
     print(f"written {args.output}")
