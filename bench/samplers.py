@@ -102,13 +102,19 @@ def write_outputs(args, results):
     lines += ["", "n samples per figure against as many MNIST test images, chosen by the row's seed (which also "
               "seeds the sampler); 56 = the 28 samples "
               f"Fourier-upsampled. CPU, torch {versions()['torch']}.", "",
-              "| model / prior | sampler | weights | steps | NFE | n | seed | MMD 28 | MMD 56 (resample) | seconds |",
+              "| run | sampler | weights | steps | NFE | n | seed | MMD 28 | MMD 56 (resample) | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(dict.fromkeys(r["checkpoint"] for r in results))}
     for r in sorted(results, key=lambda r: (order[r["checkpoint"]], r["weights"] != "ema", r["nfe"], r["sampler"])):
-        lines.append(f"| {r['model']} / {r['prior']} | {r['sampler']} | {r['weights']} | {r['steps']} | "
+        lines.append(f"| {run_label(r)} | {r['sampler']} | {r['weights']} | {r['steps']} | "
                      f"{r['nfe']} | {r['n']} | {r['seed']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
     write_report(args.output, lines, results, args.seed, lambda r: r["checkpoint"], draw_panel)
+
+
+def run_label(row):
+    """Model / prior and the checkpoint's run folder: three seeds of one model stay apart."""
+    run = os.path.basename(os.path.dirname(os.path.abspath(row["checkpoint"])))
+    return f"{row['model']} / {row['prior']} ({run})"
 
 
 def draw_panel(ax, rows):
@@ -121,7 +127,7 @@ def draw_panel(ax, rows):
     ax.set_yscale("log")
     ax.set_xlabel("score evaluations")
     ax.set_ylabel("MMD at 28")
-    ax.set_title(f"{mine[0]['model']} / {mine[0]['prior']}")
+    ax.set_title(run_label(mine[0]), fontsize=9)
 
 
 def main():

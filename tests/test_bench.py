@@ -7,7 +7,7 @@ import sde
 from utils import UserError
 from bench.resolution import (best_per_prior, evaluate, evaluation_plan, parse_args, ratio_summary,
                               ratio_to_resample, rows_of)
-from bench.samplers import configurations, load_earlier, merge
+from bench.samplers import configurations, load_earlier, merge, write_outputs
 
 
 def test_sampler_plan_follows_the_chosen_samplers_and_budgets():
@@ -33,6 +33,20 @@ def test_a_new_run_replaces_its_own_rows_and_keeps_the_others():
     other_seed = merge(merged, [row("a.pt", "em", 50, 0.06, seed=1)])
     assert [(r["seed"], r["mmd_28"]) for r in other_seed if r["sampler"] == "em" and r["checkpoint"] == "a.pt"] \
         == [(0, 0.05), (1, 0.06)]
+
+
+def test_sampler_report_names_each_rows_run_so_seeds_of_one_model_stay_apart(tmp_path):
+    def row(run, mmd):
+        return {"checkpoint": f"runs/{run}/last.pt", "model": "cno", "prior": "standard", "sampler": "heun",
+                "steps": 13, "weights": "ema", "nfe": 25, "n": 8, "seed": 0, "mmd_28": mmd,
+                "mmd_56_resample": 2 * mmd, "seconds": 1.0, "command": "python bench/samplers.py"}
+
+    output = tmp_path / "samplers.md"
+    args = type("Args", (), {"output": str(output), "seed": 0})
+    write_outputs(args, [row("cno_s0", 0.0117), row("cno_s1", 0.0131)])
+    table = [line for line in output.read_text().splitlines() if line.startswith("| cno")]
+    assert table == ["| cno / standard (cno_s0) | heun | ema | 13 | 25 | 8 | 0 | 0.0117 | 0.0234 | 1 |",
+                     "| cno / standard (cno_s1) | heun | ema | 13 | 25 | 8 | 0 | 0.0131 | 0.0262 | 1 |"]
 
 
 def test_rows_of_reports_written_before_rows_had_a_seed_take_the_reports_seed(tmp_path):
