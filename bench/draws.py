@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import frechet  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
-from bench.report import write_report  # noqa: E402
+from bench.report import run_label, write_report  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
 from resample import resample  # noqa: E402
 from utils import UserError, load_checkpoint, run_main  # noqa: E402
@@ -60,7 +60,7 @@ def sample_rows(args, path, critic, real_cache):
     test_features = frechet.apply(critic, test_low)[0] if critic is not None else None
     sampler, steps = sde.resolve_sampler("auto", None, state["model_name"])
     model, prior, _ = evaluation.restore(state, "cpu", "ema")
-    run = f"{state['model_name']} / {state['prior_config']['name']}"
+    run = run_label(state["model_name"], state["prior_config"]["name"], path)
     rows = []
     for seed in args.seeds:
         started = time.time()

@@ -4,6 +4,12 @@ import os
 from utils import versions, write_json
 
 
+def run_label(model, prior, checkpoint):
+    """'model / prior (run folder)': rows of several seeds of one model stay apart."""
+    run = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+    return f"{model} / {prior} ({run})"
+
+
 def write_report(output, lines, records, seed, group_key, draw_panel):
     """OUTPUT (Markdown lines), OUTPUT.json ({records, seed, versions}) and OUTPUT.png, whose
     panels are draw_panel(ax, rows) for the rows of each value of group_key(row), in order."""

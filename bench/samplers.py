@@ -25,7 +25,7 @@ import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
 from resample import resample  # noqa: E402
-from bench.report import write_report  # noqa: E402
+from bench.report import run_label, write_report  # noqa: E402
 from utils import load_checkpoint, run_main, versions  # noqa: E402
 
 
@@ -106,15 +106,13 @@ def write_outputs(args, results):
               "|---|---|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(dict.fromkeys(r["checkpoint"] for r in results))}
     for r in sorted(results, key=lambda r: (order[r["checkpoint"]], r["weights"] != "ema", r["nfe"], r["sampler"])):
-        lines.append(f"| {run_label(r)} | {r['sampler']} | {r['weights']} | {r['steps']} | "
+        lines.append(f"| {row_label(r)} | {r['sampler']} | {r['weights']} | {r['steps']} | "
                      f"{r['nfe']} | {r['n']} | {r['seed']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
     write_report(args.output, lines, results, args.seed, lambda r: r["checkpoint"], draw_panel)
 
 
-def run_label(row):
-    """Model / prior and the checkpoint's run folder: three seeds of one model stay apart."""
-    run = os.path.basename(os.path.dirname(os.path.abspath(row["checkpoint"])))
-    return f"{row['model']} / {row['prior']} ({run})"
+def row_label(row):
+    return run_label(row["model"], row["prior"], row["checkpoint"])
 
 
 def draw_panel(ax, rows):
@@ -127,7 +125,7 @@ def draw_panel(ax, rows):
     ax.set_yscale("log")
     ax.set_xlabel("score evaluations")
     ax.set_ylabel("MMD at 28")
-    ax.set_title(run_label(mine[0]), fontsize=9)
+    ax.set_title(row_label(mine[0]), fontsize=9)
 
 
 def main():

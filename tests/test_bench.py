@@ -266,7 +266,7 @@ def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, cap
     draws.main(["--checkpoints", path, "--seeds", "1", "5", "--ref_seed", "1", "--num_samples", "8",
                 "--output", str(output), "--progress", "0"])
     records = json.loads(output.with_suffix(".json").read_text())["results"]
-    assert [(r["run"], r["seed"]) for r in records] == [("unet / standard", 1), ("unet / standard", 5),
+    assert [(r["run"], r["seed"]) for r in records] == [("unet / standard (run)", 1), ("unet / standard (run)", 5),
                                                          (draws.REAL, 1), (draws.REAL, 5)]
     # seed 1 against references of seed 1: exactly what test.py --seed 1 reports (sampler, last step, scores)
     evaluation.main(["--save_model", path, "--upscale", "2", "--sample_mode", "resample", "--resample_noise", "n0",
@@ -296,7 +296,7 @@ def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, cap
             f"[{min(values):.4f}, {max(values):.4f}]")
     table = output.read_text()
     sampler, steps = sde.AUTO_SAMPLERS["unet"]
-    assert f"| unet / standard | {sampler} {steps} | 8 | 1 5 | {cell} |" in table
+    assert f"| unet / standard (run) | {sampler} {steps} | 8 | 1 5 | {cell} |" in table
     assert output.with_suffix(".png").exists()
 
 
