@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import torch
 
@@ -137,13 +138,56 @@ def option_changes(config, saved):
     return changes
 
 
+def profile_config(settings, model, prior, seed, **call_options):
+    """The TrainConfig the profile asks of one run; call_options: this machine's (CALL_OPTIONS)."""
+    options = {"prior_name": prior, **PRIOR_FLAGS.get(prior, {}), **settings["train"], **settings["models"][model]}
+    return training.TrainConfig(model=model, seed=seed, save_model=run_name(model, prior, seed),
+                                **call_options, **options)
+
+
+# options of main.py's validation sampling only: they change a run's history, never its weights
+VALIDATION_OPTIONS = {"sampler", "num_steps", "num_samples_mmd", "val_every", "sample_batch_size"}
+PRIOR_FIELDS = {"prior_seed", "laplacian", "lap_dc", "matern_s", "matern_c"}  # main.prior_options' inputs
+
+
+def record_changes(record, settings):
+    """{option: (recorded, wanted)} where a finished run's record was trained with other options
+    than the profile's now (the profile changed since): such a record is not this profile's result.
+    A record of fewer epochs than asked differs even at a constant rate (its run can go on, but
+    the record is of the shorter one). Validation and evaluation options are not compared."""
+    config = profile_config(settings, record["model"], record["prior"], record["seed"])
+    trained = {**dataclasses.asdict(training.TrainConfig(model=config.model)), **record["train_config"]}
+    # prior flags count through the prior they build (prior_seed moves only the random priors)
+    changes = {name: change for name, change in option_changes(config, trained).items()
+               if name not in VALIDATION_OPTIONS | PRIOR_FIELDS}
+    had, wanted = training.prior_options(types.SimpleNamespace(**trained)), training.prior_options(config)
+    if trained["prior_name"] == config.prior_name and had != wanted:
+        changes["prior options"] = (had, wanted)
+    if record["epochs"] < config.n_epochs:
+        changes.setdefault("n_epochs", (record["epochs"], config.n_epochs))
+    return changes
+
+
+def describe_changes(changes):
+    return ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changes.items())
+
+
+def set_record_aside(out_json, changes):
+    """Move a superseded record to <records>/superseded/ (nothing is deleted) so that its run is
+    trained and evaluated again."""
+    folder = os.path.join(os.path.dirname(out_json), "superseded")
+    os.makedirs(folder, exist_ok=True)
+    aside = os.path.join(folder, os.path.basename(out_json)[:-len(".json")] + f".other-options-{timestamp()}.json")
+    os.rename(out_json, aside)
+    print(f"[reproduce] {os.path.basename(out_json)} was trained with other options ({describe_changes(changes)}); "
+          f"moved it to {aside}", flush=True)
+
+
 def train_run(args, settings, model, prior, seed, folder):
     """Train (or resume, or skip) one run; returns the training config used."""
     name = run_name(model, prior, seed)
-    options = {"prior_name": prior, **PRIOR_FLAGS.get(prior, {}), **settings["train"], **settings["models"][model]}
-    config = training.TrainConfig(model=model, seed=seed, data_root=args.data_root,
-                                  out_dir=folder, save_model=name, device=args.device,
-                                  progress=args.progress, **options)
+    config = profile_config(settings, model, prior, seed, data_root=args.data_root, out_dir=folder,
+                            device=args.device, progress=args.progress)
     last = os.path.join(folder, name, "last.pt")
     if os.path.exists(last):
         saved = load_checkpoint(last)
@@ -152,9 +196,8 @@ def train_run(args, settings, model, prior, seed, folder):
             # trained with other options (the profile changed): keep it aside, never resume it
             aside = os.path.join(folder, f"{name}.other-options-{timestamp()}")
             os.rename(os.path.join(folder, name), aside)
-            print(f"[reproduce] {name} was trained with other options ("
-                  + ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changes.items())
-                  + f"); moved it to {aside}", flush=True)
+            print(f"[reproduce] {name} was trained with other options ({describe_changes(changes)}); "
+                  f"moved it to {aside}", flush=True)
         elif saved["epoch"] >= config.n_epochs:
             return config
         else:
@@ -165,7 +208,9 @@ def train_run(args, settings, model, prior, seed, folder):
         os.rename(os.path.join(folder, name), aside)
         print(f"[reproduce] {name} had no checkpoint yet; moved it to {aside}", flush=True)
     print(f"[reproduce] training {name} ({'resuming' if config.resume else 'new'})", flush=True)
-    training.train(config)
+    # named as given, the profile's n_epochs wins over the checkpoint's on resume (a constant-rate
+    # run goes on to more epochs); every other option already matches the checkpoint's
+    training.train(config, argv=["--n_epochs"])
     return config
 
 
@@ -296,6 +341,20 @@ def shared_cpu_lines(records):
             f"at an epoch's end), so these runs' train minutes are not timings: {', '.join(sorted(shared))}."]
 
 
+def superseded_lines(records, profile):
+    """Name the records trained with options the profile has changed since: they are not yet its
+    figures, and the table's command trains and evaluates them again."""
+    if profile not in PROFILES:
+        return []
+    stale = [f"{run_name(r['model'], r['prior'], r['seed'])} ({describe_changes(changes)})" for r in records
+             if (changes := record_changes(r, PROFILES[profile]))]
+    if not stale:
+        return []
+    return [f"Trained with options the profile has changed since, so these rows are not yet its figures "
+            f"(`python reproduce.py --profile {profile}` trains and evaluates them again and keeps these "
+            f"records under runs/{profile}/superseded/): {', '.join(sorted(stale))}."]
+
+
 COLUMNS_NOTE = (
     "Columns at 56: *resample* samples at 28 with the profile's sampler and interpolates exactly in "
     "Fourier space; *native-bl* runs the reverse process on the 56 grid with the network's 28 denoiser "
@@ -324,7 +383,7 @@ def table_markdown(records, profile, total_seconds):
             plural = "s" if len(names) > 1 else ""
             which = "all runs" if len(hosts) == 1 else f"{len(names)} run{plural} ({', '.join(sorted(names))})"
             lines.append(f"Hardware, {which}: {host}.")
-        lines += shared_cpu_lines(records)
+        lines += shared_cpu_lines(records) + superseded_lines(records, profile)
         lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", "",
                   sampler_line(records, profile), ""]
     lines += [COLUMNS_NOTE, ""]
@@ -336,9 +395,9 @@ def table_markdown(records, profile, total_seconds):
         nat_n = next((column(r, "native")["n"] for r in group if column(r, "native")), "-")
         bl_n = next((column(r, "native-bl")["n"] for r in group if column(r, "native-bl")), "-")
         lines += [f"## Prior `{prior}`", "",
-                  f"| model | seeds | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native-bl (n={bl_n}) "
-                  f"| MMD 56 native, ablation (n={nat_n}) | FD 28 | train min / run | eval min / run |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"| model | seeds | epochs | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native-bl "
+                  f"(n={bl_n}) | MMD 56 native, ablation (n={nat_n}) | FD 28 | train min / run | eval min / run |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for model in MODELS:
             runs = [r for r in group if r["model"] == model]
             if not runs:
@@ -346,7 +405,8 @@ def table_markdown(records, profile, total_seconds):
             nat = [column(r, "native")["mmd"] for r in runs if column(r, "native")]
             band_limited = [column(r, "native-bl")["mmd"] for r in runs if column(r, "native-bl")]
             lines.append(
-                f"| {model} | {len(runs)} | {mean_sd([column(r, 'n0')['mmd'] for r in runs])} | "
+                f"| {model} | {len(runs)} | {'/'.join(str(e) for e in sorted({r['epochs'] for r in runs}))} | "
+                f"{mean_sd([column(r, 'n0')['mmd'] for r in runs])} | "
                 f"{mean_sd([column(r, 'resample')['mmd'] for r in runs if column(r, 'resample')])} | "
                 f"{mean_sd(band_limited)}{seeds_note(band_limited, runs)} | {mean_sd(nat)}{seeds_note(nat, runs)} | "
                 f"{mean_sd([column(r, 'n0').get('fd') for r in runs], 2)} | "
@@ -521,7 +581,10 @@ def main(argv=None):
                 for model in args.models:
                     out_json = os.path.join(record_dir, run_name(model, prior, seed) + ".json")
                     if os.path.exists(out_json):
-                        continue
+                        changes = record_changes(json.load(open(out_json)), settings)
+                        if not changes:
+                            continue
+                        set_record_aside(out_json, changes)
                     train_run(args, settings, model, prior, seed, folder)
                     evaluate_run(args, settings, model, prior, seed, folder, out_json)
                     write_summary(args)

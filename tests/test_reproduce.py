@@ -188,3 +188,51 @@ def test_validation_floors_come_from_the_records_else_from_the_data(tmp_path, mo
     expected = reproduce.training.validation_floor(*fake_data(reproduce.training.TrainConfig(seed=1))[:2], 1)
     assert floors == {0: 0.5, 1: pytest.approx(expected)}
     assert json.load(open(tmp_path / "runs" / "cpu_val_floors.json"))["1"]["n"] == 8
+
+
+def _record(settings, model, prior, seed, **trained):
+    """A finished run's record as evaluate_run writes it, trained with the profile's options."""
+    config = reproduce.profile_config(settings, model, prior, seed, data_root="elsewhere", device="cuda")
+    saved = {**reproduce.dataclasses.asdict(config), **trained}
+    return {"model": model, "prior": prior, "seed": seed, "epochs": saved["n_epochs"], "train_config": saved}
+
+
+def test_record_changes_name_what_moves_the_weights_and_nothing_else():
+    settings = TINY_PROFILE  # constant rate, 1 epoch per model
+    assert reproduce.record_changes(_record(settings, "unet", "standard", 1), settings) == {}
+    # validation sampling and this machine's options never make a record stale
+    quiet = _record(settings, "unet", "standard", 1, num_steps=200, sampler="heun", num_samples_mmd=1000, threads=7)
+    assert reproduce.record_changes(quiet, settings) == {}
+    assert reproduce.record_changes(_record(settings, "cno", "standard", 0, ema_decay=0.5), settings) == {
+        "ema_decay": (0.5, 0.999)}
+    # the prior seed moves only the random priors; None (old checkpoints) means the training seed
+    assert reproduce.record_changes(_record(settings, "fno", "standard", 2, prior_seed=None), settings) == {}
+    changes = reproduce.record_changes(_record(settings, "fno", "fno", 2, prior_seed=None), settings)
+    assert changes == {"prior options": ({"prior_seed": 2}, {"prior_seed": 0})}
+    assert reproduce.record_changes(_record(settings, "fno", "fno", 0, prior_seed=None), settings) == {}
+    # a shorter record is not the longer run even where a constant rate would let the run go on
+    longer = {**settings, "models": {**settings["models"], "unet": {**settings["models"]["unet"], "n_epochs": 3}}}
+    assert reproduce.record_changes(_record(settings, "unet", "standard", 0), longer) == {"n_epochs": (1, 3)}
+
+
+def test_a_record_of_other_options_is_set_aside_flagged_and_its_run_redone(tiny, tmp_path, monkeypatch):
+    argv = ["--profile", "tiny", "--models", "unet", "--priors", "standard", "--seeds", "0",
+            "--runs_dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--data_root", str(tmp_path / "mnist"), "--progress", "0"]
+    assert call(argv) == 0
+    records = tmp_path / "results" / "runs" / "tiny"
+    first = json.load(open(records / "unet_standard_s0.json"))
+    changed = {**TINY_PROFILE, "models": {**TINY_PROFILE["models"],
+                                          "unet": {**TINY_PROFILE["models"]["unet"], "n_epochs": 2}}}
+    monkeypatch.setitem(reproduce.PROFILES, "tiny", changed)
+    assert call(argv + ["--summary_only"]) == 0  # the old record is still shown, and named
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "not yet its figures" in table and "unet_standard_s0 (n_epochs: 1 -> 2)" in table
+    assert "| unet | 1 | 1 |" in table  # the epochs column
+    assert call(argv) == 0
+    kept = os.listdir(records / "superseded")
+    assert len(kept) == 1 and kept[0].startswith("unet_standard_s0.other-options-")
+    assert json.load(open(records / "superseded" / kept[0])) == first  # nothing is lost
+    assert json.load(open(records / "unet_standard_s0.json"))["epochs"] == 2
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "not yet its figures" not in table and "| unet | 1 | 2 |" in table
