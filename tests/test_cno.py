@@ -193,3 +193,13 @@ def test_profiles_have_the_intended_sizes():
     paper = count_parameters(CNO(**PROFILES["paper"]))
     assert 300_000 <= small <= 600_000
     assert abs(paper - 13.4e6) / 13.4e6 < 0.01
+
+
+@pytest.mark.parametrize("resampler", ["fourier", "bicubic"])
+def test_cno_activation_is_leaky_relu_of_slope_one_hundredth(resampler):
+    """The reference CNO's LeakyReLU slope, 0.01, written here as a number: a constant field
+    resamples to itself, so -1 -> -0.01 and 2 -> 2 on every grid."""
+    field = torch.tensor([-1.0, 2.0], dtype=torch.float64).reshape(1, 2, 1, 1).expand(1, 2, 8, 8)
+    out = CNOActivation(resampler)(field, 16)
+    expected = torch.tensor([-0.01, 2.0], dtype=torch.float64).reshape(1, 2, 1, 1).expand(1, 2, 16, 16)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-9)

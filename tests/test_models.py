@@ -103,3 +103,26 @@ def test_film_scales_and_shifts_each_channel_by_its_time_embedding():
     out = film(h, TimeCondition(emb_values, torch.arange(2)))
     scale, shift = film.proj(emb_values).chunk(2, dim=1)
     assert torch.allclose(out, h * (1 + scale[:, :, None, None]) + shift[:, :, None, None], atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, groups", [(4, 1), (6, 1), (8, 2), (12, 3), (20, 5), (128, 32), (256, 32), (96, 24)])
+def test_group_norm_takes_the_most_groups_of_at_least_four_channels_up_to_32(channels, groups):
+    from models.embedding import group_norm
+    norm = group_norm(channels)
+    assert (norm.num_groups, norm.num_channels) == (groups, channels)
+
+
+def test_time_embedding_features_are_sin_and_cos_of_2_pi_f_t_for_octaves_from_one_half_to_500():
+    import math
+    from models.embedding import TimeEmbedding
+    embedding = TimeEmbedding(dim=8, num_freqs=16, max_freq=500.0)
+    f = embedding.freqs.double()
+    assert f[0].item() == pytest.approx(0.5, rel=1e-6) and f[-1].item() == pytest.approx(500.0, rel=1e-6)
+    ratios = f[1:] / f[:-1]
+    assert torch.allclose(ratios, torch.full_like(ratios, 1000 ** (1 / 15)), rtol=1e-5)  # geometric
+    embedding.mlp = torch.nn.Identity()  # the features themselves
+    t = torch.tensor([0.3, 0.0, 0.3, 0.7])
+    features = embedding(t).apply(torch.nn.Identity())
+    angle = 2 * math.pi * t.double()[:, None] * f
+    expected = torch.cat([angle.sin(), angle.cos()], dim=1).float()
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)

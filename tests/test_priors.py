@@ -318,3 +318,42 @@ def test_an_unknown_prior_name_is_refused_with_the_list_of_names():
         build_prior("nope", N0)
     assert str(caught.value) == f"unknown prior 'nope': expected one of {', '.join(PRIORS)}"
     assert ", ".join(PRIORS) == "standard, lap_conv, fno, combined_conv, matern"
+
+
+def reference_fno_symbol(prior_seed, n0, k1, k2):
+    """lambda(k) of the reference `fno` prior from its raw draws, written independently of priors/:
+    a + i b with a ~ U[0.2, 1), b ~ U[0, 0.8) drawn (real table first, then imaginary) for
+    k1 in [-K, K], k2 in [0, K], K = floor((n0 - 1) / 2); lambda(-k) = conj(lambda(k)) fills k2 < 0
+    and the k1 < 0 half of the k2 = 0 column; the mean mode is real; zero outside |k1|, |k2| <= K."""
+    K = (n0 - 1) // 2
+    gen = torch.Generator().manual_seed(prior_seed)
+    real = 0.2 + 0.8 * torch.rand((2 * K + 1, K + 1), generator=gen, dtype=torch.float64)
+    imag = 0.8 * torch.rand((2 * K + 1, K + 1), generator=gen, dtype=torch.float64)
+    drawn = torch.complex(real, imag)
+    out = torch.zeros(k1.shape, dtype=torch.complex128)
+    for index in torch.cartesian_prod(torch.arange(k1.shape[0]), torch.arange(k1.shape[1])):
+        a, b = int(k1[tuple(index)]), int(k2[tuple(index)])
+        if abs(a) > K or abs(b) > K:
+            continue
+        if (a, b) == (0, 0):
+            out[tuple(index)] = drawn[K, 0].real
+        elif b > 0 or (b == 0 and a > 0):
+            out[tuple(index)] = drawn[a + K, b]
+        else:
+            out[tuple(index)] = drawn[-a + K, -b].conj()
+    return out
+
+
+@pytest.mark.parametrize("n0, n", [(28, 28), (15, 15), (15, 40)])
+def test_fno_prior_is_its_reference_table_on_every_mode(n0, n):
+    """Every mode, the k2 = 0 column and the mean mode included, against the raw draws."""
+    k1, k2 = wavenumber_grid(n)
+    expected = reference_fno_symbol(3, n0, k1, k2)
+    assert torch.equal(build_prior("fno", n0, prior_seed=3).multiplier(n), expected)
+
+
+def test_fno_prior_support_is_the_modes_below_half_n0_for_odd_n0():
+    """n0 = 15: |k| < 7.5 keeps |k1|, |k2| <= 7 (an even-n0-only formula would keep 6)."""
+    k1, k2 = wavenumber_grid(30)
+    lam = build_prior("fno", 15).multiplier(30)
+    assert torch.equal(lam != 0, (k1.abs() <= 7) & (k2.abs() <= 7))

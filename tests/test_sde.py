@@ -762,3 +762,28 @@ def test_edm_defaults_to_unit_noise_variance():
     y, t = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([0.3, 0.8], dtype=torch.float64)
     assert torch.equal(sde.ScoreModel(Net(), "edm")(y, t), sde.ScoreModel(Net(), "edm", 1.0)(y, t))
     assert not torch.equal(sde.ScoreModel(Net(), "edm", 0.5)(y, t), sde.ScoreModel(Net(), "edm")(y, t))
+
+
+def test_without_the_final_denoiser_the_sigma_grid_samplers_return_m_at_sigma_min_times_x():
+    """y = m x~ at the last nonzero sigma, m = 1 / sqrt(1 + sigma^2) (s^2 + m^2 = 1, sigma = s / m)."""
+    sigmas = sde.sigma_grid(3, 80.0)
+    x = torch.full((2, 1, 3, 3), 0.5, dtype=torch.float64)
+    y = sde._finish_on_sigma_grid(x, sigmas, tweedie=False, clamp=False)
+    m_at_sigma_min = 1 / math.sqrt(1 + sde.SIGMA_MIN**2)
+    torch.testing.assert_close(y, torch.full_like(x, 0.5 * m_at_sigma_min), rtol=1e-12, atol=0)
+    assert torch.equal(sde._finish_on_sigma_grid(x, sigmas, tweedie=True, clamp=False), x)  # D(x~) is y
+    wide = torch.tensor([-0.5, 0.5, 1.5], dtype=torch.float64)
+    assert torch.equal(sde._finish_on_sigma_grid(wide, sigmas, tweedie=True, clamp=True), wide.clamp(0, 1))
+
+
+def test_lognormal_training_times_stop_at_t_1_with_the_tail_beyond_sigma_1():
+    """A prior of tiny pixel variance v puts sigma_v / sqrt(v) above sigma(1) for the log-normal
+    tail P(ln sigma_v > ln(sqrt(v) sigma(1))): those times are t = 1 exactly, none beyond."""
+    variance = 1e-4
+    t = sde.training_times(200_000, torch.Generator().manual_seed(0), "lognormal", variance)
+    sigma_1 = math.sqrt(math.expm1((sde.B_MAX - sde.B_MIN) / 2 + sde.B_MIN))
+    z = (math.log(math.sqrt(variance) * sigma_1) - sde.P_MEAN) / sde.P_STD
+    tail = 0.5 * math.erfc(z / math.sqrt(2))
+    assert 0.02 < tail < 0.05  # the case is a real test of the upper end
+    assert t.max().item() == 1.0 and t.min().item() >= sde.T_EPS
+    assert (t == 1.0).double().mean().item() == pytest.approx(tail, abs=0.002)  # sd of the fraction 4e-4
