@@ -208,9 +208,10 @@ def train_run(args, settings, model, prior, seed, folder):
         os.rename(os.path.join(folder, name), aside)
         print(f"[reproduce] {name} had no checkpoint yet; moved it to {aside}", flush=True)
     print(f"[reproduce] training {name} ({'resuming' if config.resume else 'new'})", flush=True)
-    # named as given, the profile's n_epochs wins over the checkpoint's on resume (a constant-rate
-    # run goes on to more epochs); every other option already matches the checkpoint's
-    training.train(config, argv=["--n_epochs"])
+    # every option here is meant, so on resume the ones a run may change (the profile's n_epochs for a
+    # constant-rate run that goes on, this call's --data_root) are passed as given, not taken from the
+    # checkpoint; option_changes has checked that the others match it
+    training.train(config, argv=[f"--{name}" for name in training.TrainConfig.RESUMABLE_CHANGES])
     return config
 
 

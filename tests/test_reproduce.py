@@ -229,7 +229,10 @@ def test_a_record_of_other_options_is_set_aside_flagged_and_its_run_redone(tiny,
     table = (tmp_path / "results" / "table.md").read_text()
     assert "not yet its figures" in table and "unet_standard_s0 (n_epochs: 1 -> 2)" in table
     assert "| unet | 1 | 1 |" in table  # the epochs column
-    assert call(argv) == 0
+    moved_data = str(tmp_path / "mnist-elsewhere")  # resumed on a machine whose data lie elsewhere
+    assert call([*argv[:-4], "--data_root", moved_data, "--progress", "0"]) == 0
+    resumed = reproduce.load_checkpoint(str(tmp_path / "runs" / "tiny" / "unet_standard_s0" / "last.pt"))
+    assert resumed["config"]["data_root"] == moved_data  # this call's, not the checkpoint's
     kept = os.listdir(records / "superseded")
     assert len(kept) == 1 and kept[0].startswith("unet_standard_s0.other-options-")
     assert json.load(open(records / "superseded" / kept[0])) == first  # nothing is lost
