@@ -346,6 +346,7 @@ def train_epoch(run, images, progress=True):
     config, dist = run.config, run.dist
     order = torch.randperm(len(images), generator=run.data_generator)
     losses, norms = [], []
+    run.epoch_loads = []  # the CPU's load at every step: a short overlap with other work shows too
     run.model.train()
     batches = global_batches(len(images), config.batch_size, dist.world)
     bar = progress_bar(batches, leave=False, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="batch",
@@ -380,6 +381,7 @@ def train_epoch(run, images, progress=True):
         run.train_seconds += dist.max(training_clock() - started)  # the ranks agree on the budget
         losses.append(mean_loss)
         norms.append(norm.item())
+        run.epoch_loads.append(cpu_load())
         # refresh=False: the bar shows it at its next update, so a log gets no line per batch
         bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}", refresh=False)
         if run.budget_spent:  # the epoch ends early; run_epoch validates and checkpoints
@@ -414,9 +416,16 @@ def validate_run(run, val_low, val_high, folder):
 
 
 def cpu_load():
-    """The 1-minute load average at an epoch's end ("" where the OS has none): above the torch
-    threads, other work shared the CPU and the epoch's seconds are not a timing."""
+    """The 1-minute load average now ("" where the OS has none): above the torch threads, other
+    work shares the CPU and the seconds it is running are not a timing."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else ""
+
+
+def peak_load(samples):
+    """The highest of an epoch's load samples ("" where the OS gave none). The peak, not the last:
+    work that ran beside a few minutes of an epoch and ended before it is gone by the epoch's end."""
+    numbers = [sample for sample in samples if sample != ""]
+    return max(numbers) if numbers else ""
 
 
 def log_row(folder, row):
@@ -601,7 +610,7 @@ def run_epoch(run, train_images, val_low, val_high, folder):
     row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
            "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": "",
            "lr": run.optimizer.param_groups[0]["lr"], "train_minutes": run.train_seconds / 60,
-           "load_1min": cpu_load()}
+           "load_1min": peak_load(run.epoch_loads + [cpu_load()])}
     improved = False
     last = run.epoch == config.n_epochs or run.budget_spent
     if last or (config.val_every and run.epoch % config.val_every == 0):

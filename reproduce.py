@@ -331,7 +331,8 @@ def hardware(record):
 
 def shared_cpu_lines(records):
     """Name the runs whose training shared the CPU with other work: a 1-minute load average above
-    the torch threads + 1 at some epoch's end (the run itself accounts for up to its threads).
+    the torch threads + 1 in some epoch (the run itself accounts for up to its threads). main.py logs
+    the epoch's peak over its steps; logs written before 2026-12-05 hold the load at the epoch's end only.
     Their train minutes are not timings. Runs recorded before the load was logged are not judged."""
     shared = [f"{run_name(r['model'], r['prior'], r['seed'])} (load {r['max_load_1min']:.1f})"
               for r in records if r.get("max_load_1min") is not None
@@ -339,7 +340,7 @@ def shared_cpu_lines(records):
     if not shared:
         return []
     return [f"Training shared the CPU with other work (1-minute load average above the torch threads + 1 "
-            f"at an epoch's end), so these runs' train minutes are not timings: {', '.join(sorted(shared))}."]
+            f"in an epoch), so these runs' train minutes are not timings: {', '.join(sorted(shared))}."]
 
 
 def superseded_lines(records, profile):

@@ -56,6 +56,17 @@ def test_the_logged_load_is_the_one_minute_average(monkeypatch):
     assert main.cpu_load() == ""
 
 
+def test_the_logged_load_is_the_epochs_peak_not_its_last_sample(tmp_path, capsys, monkeypatch):
+    """Other work beside the second of an epoch's two steps, gone by its end, still marks the epoch."""
+    samples = iter([1.5, 5.0, 1.25])  # after step 1, after step 2 (2 batches of 32), at the epoch's end
+    monkeypatch.setattr(main, "cpu_load", lambda: next(samples))
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)
+    assert code == 0, err
+    logged = list(csv.DictReader(open(tmp_path / "runs" / "run" / "log.csv")))
+    assert [float(row["load_1min"]) for row in logged] == [5.0]
+    assert main.peak_load(["", ""]) == "" and main.peak_load([]) == ""
+
+
 def test_validation_floor_is_zero_for_the_same_images_and_seeded_otherwise():
     images = torch.rand(12, 1, 28, 28)
     assert main.validation_floor(images, images, seed=0) == pytest.approx(0.0, abs=1e-6)  # draws = permutations

@@ -732,7 +732,9 @@ def test_sigma_grid_samplers_step_counts_and_clamp(sampler):
     score = GaussianScore(0.4, 0.0)
     run = sde.SAMPLERS[sampler]
     one = run(score, prior, (2, 1, 8, 8), 1, torch.Generator().manual_seed(0), clamp=False, tweedie=True)
-    assert torch.allclose(one, torch.full_like(one, 0.4), atol=1e-5)  # one step: straight to the denoiser
+    # one step: straight to the denoiser. atol: the start x~ = A z / m(1) is ~500 in float32 and the
+    # sampler's coefficients are float32, so D = mu holds to ~1e-5 (9e-6 here, over 1e-5 on CI's CPU)
+    assert torch.allclose(one, torch.full_like(one, 0.4), atol=1e-4)
     two = run(score, prior, (2, 1, 8, 8), 2, torch.Generator().manual_seed(0), clamp=False, tweedie=False)
     assert two.shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match=f"^{sampler}_?\\w* needs num_steps >= 1 with the final denoiser, >= 2 without$"):
