@@ -56,7 +56,7 @@ PROFILES = {
             "unet": {"n_epochs": 6, "model_arg": ["ch=16"], "parametrization": "noise"},
             "fno": {"n_epochs": 6, "model_arg": [], "parametrization": "edm"},
             # the CNO's curve still falls from 20 to 40 minutes (results/compute.md: MMD 28 0.0118 ->
-            # 0.0105, FD 70 -> 47); 10 epochs took 22-31 min alone (the FNO's 40-min point is unmeasured)
+            # 0.0105, FD 70 -> 47); 10 epochs took 22-31 min alone (UNet, FNO at 40 min: 0.0117, 0.0109)
             "cno": {"n_epochs": 10, "model_arg": [], "parametrization": "edm"},
         },
         # 56 at the same n as 28: native-bl for every seed, the raw native ablation for seed 0 only
