@@ -17,7 +17,9 @@ Levers: `--variant NAME --train_option KEY=VALUE ...` trains the same budgets wi
 options changed (e.g. `--variant edm --train_option parametrization=edm`, `--variant local
 --train_option model_arg=local_path=1`); such runs are recorded beside the base runs
 (NAME in the record's file name) and compute.md gains a lever table, each variant against the
-base run of the same network and budget.
+base recipe of the same network and budget on its own machine where there is such a run (a
+budget in minutes is steps on one machine): `--variant rerun --train_option ema_decay=0.999`
+restates the base options, and levers run beside it are paired with it.
 """
 import argparse
 import json
@@ -120,7 +122,8 @@ def row(record):
             "minutes": record["budget_minutes"], "steps": record["steps"],
             "mmd_28": low["mmd"], "floor_28": low["floor_real"], "mmd_56": res.get("mmd"),
             "floor_56": res.get("floor_real"), "fd_28": low.get("fd"), "fd_floor": low.get("fd_floor"),
-            "n": low["n"], "host": reproduce.hardware(record), "note": record.get("note")}
+            "n": low["n"], "host": reproduce.hardware(record), "note": record.get("note"),
+            "config": record.get("train_config", {}), "load": record.get("max_load_1min")}
 
 
 def sampler_of(record):
@@ -139,26 +142,48 @@ def fmt(value, digits=4):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def restates_base(r, base):
+    """A variant whose options are all the base run's own values (e.g. `--variant rerun
+    --train_option ema_decay=0.999`): the base recipe run again, on whatever machine it ran."""
+    return r["variant"] != BASE and all(base["config"].get(k) == v for k, v in r["options"].items())
+
+
+def paired_base(r, rows):
+    """The run with the base recipe that a variant is measured against: the base run of its network
+    and budget, or a restatement of it (see restates_base), on the variant's own machine where one
+    exists, since a budget in minutes buys different steps on different machines. None: no base run."""
+    base = next((b for b in rows if b["variant"] == BASE and (b["model"], b["minutes"]) == (r["model"], r["minutes"])),
+                None)
+    if base is None:
+        return None
+    same_host = [b for b in rows if b is not r and b["host"] == r["host"] and (b["model"], b["minutes"]) ==
+                 (r["model"], r["minutes"]) and (b is base or restates_base(b, base))]
+    return min(same_host, key=lambda b: b["variant"] != BASE) if same_host else base
+
+
 def lever_lines(rows):
-    """Each variant against the base run of its network and budget: before -> after."""
-    base = {(r["model"], r["minutes"]): r for r in rows if r["variant"] == BASE}
+    """Each variant against the base recipe of its network and budget (paired_base): before -> after."""
     lines = []
     for r in rows:
-        before = base.get((r["model"], r["minutes"]))
-        if r["variant"] == BASE or before is None:
+        before = paired_base(r, rows) if r["variant"] != BASE else None
+        if before is None:
             continue
         options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        machine = "same" if before["host"] == r["host"] else "other"
         lines.append(f"| {r['model']} | {r['minutes']:g} | {r['variant']} ({options}) | "
                      f"{fmt(before['mmd_28'])} -> {fmt(r['mmd_28'])} | {fmt(before['mmd_56'])} -> {fmt(r['mmd_56'])} | "
                      f"{fmt(before['fd_28'], 1)} -> {fmt(r['fd_28'], 1)} | {before['steps']} -> {r['steps']} | "
-                     f"{before['sampler']} / {r['sampler']} | {r['n']} |")
+                     f"{before['sampler']} / {r['sampler']} | {r['n']} | {before['variant']}, {machine} machine |")
     if not lines:
         return []
     return ["", "## Levers", "",
-            "Each variant against the base run of the same network and budget (seed, prior, data and "
-            "evaluation as above): base -> variant.", "",
-            "| model | budget min | lever (options) | MMD 28 | MMD 56 resample | FD 28 | steps | sampler | n |",
-            "|---|---|---|---|---|---|---|---|---|", *lines]
+            "Each variant against the base recipe of the same network and budget (seed, prior, data and "
+            "evaluation as above): before -> variant. A budget in minutes buys a machine's own number of "
+            "steps, so the before run is one on the variant's machine where there is one: the base run or "
+            "a variant that restates the base options (e.g. `rerun`); the last column names it.", "",
+            "| model | budget min | lever (options) | MMD 28 | MMD 56 resample | FD 28 | steps | sampler | n "
+            "| against |",
+            "|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def note_lines(rows):
@@ -169,6 +194,16 @@ def note_lines(rows):
             notes.setdefault((r["model"], r["note"]), []).append(f"{r['minutes']:g}")
     return [line for (model, note), budgets in sorted(notes.items())
             for line in (f"{model} ({', '.join(budgets)} min): {note}.", "")]
+
+
+def hardware_line(hosts):
+    """The machines behind the table, tagged as its machine column names them ({host: tag})."""
+    if not hosts:
+        return "No run has finished yet."
+    machines = "; ".join(f"{tag}: {host}" for host, tag in hosts.items())
+    return (f"Hardware (the machine column): {machines}. Max load: the highest 1-minute load average in "
+            "training ('-': not logged); above the torch threads + 1 the run shared the CPU, and its steps "
+            "are not its machine's.")
 
 
 def write_report(args, records, command):
@@ -186,15 +221,16 @@ def write_report(args, records, command):
              f"(NFE: score evaluations per sample) at n = {args.num_samples} against MNIST test; 56 = the 28 "
              f"samples Fourier-interpolated (resample). Floors: real train vs real test at the same n. "
              f"torch {versions()['torch']}.", ""]
-    hosts = sorted({r["host"] for r in rows})
-    lines += [f"Hardware: {'; '.join(hosts)}." if hosts else "No run has finished yet.", "",
-              "| model | variant | budget min | steps | sampler | MMD 28 | floor 28 | MMD 56 resample | floor 56 "
-              "| FD 28 | FD floor |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    hosts = {host: chr(ord("A") + i) for i, host in enumerate(sorted({r["host"] for r in rows}))}
+    lines += [hardware_line(hosts), "",
+              "| model | variant | budget min | machine | steps | sampler | MMD 28 | floor 28 | MMD 56 resample "
+              "| floor 56 | FD 28 | FD floor | max load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {r['minutes']:g} | {r['steps']} | {r['sampler']} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {r['minutes']:g} | {hosts[r['host']]} | {r['steps']} | "
+                     f"{r['sampler']} | "
                      f"{fmt(r['mmd_28'])} | {fmt(r['floor_28'])} | {fmt(r['mmd_56'])} | {fmt(r['floor_56'])} | "
-                     f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} |")
+                     f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} | {fmt(r['load'], 2)} |")
     lines += lever_lines(rows)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "compute.md"), "w") as f:

@@ -144,6 +144,7 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     assert all(r["train_config"]["sampler"] == "auto" for r in records)  # validated the same way
     table = (tmp_path / "results" / "compute.md").read_text()
     assert table.count("| 0.005 |") == 2 and (tmp_path / "results" / "compute.png").exists()
+    assert table.count("| base | 0.005 | A |") == 2 and "the machine column): A: " in table  # one machine
     assert "## Levers" not in table
     assert f"Made by\n\n    {compute.BASE_COMMAND}\n" in table  # one command for every base curve
 
@@ -170,6 +171,31 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     # the same variant name with other options is refused, not silently answered by the old run
     with pytest.raises(UserError, match="--variant fastema: unet has a run of that name with options"):
         compute.main(lever[:-1] + ["ema_decay=0.5"])
+
+
+def test_compute_levers_are_paired_with_the_base_recipe_on_their_own_machine():
+    import bench.compute as compute
+
+    def run(variant, host, options=None, minutes=10, mmd=0.02):
+        return {"model": "fno", "minutes": minutes, "variant": variant, "host": host, "options": options or {},
+                "config": {"ema_decay": 0.999, "batch_size": 64}, "steps": 100, "mmd_28": mmd, "mmd_56": mmd,
+                "fd_28": 50.0, "sampler": "heun 13", "n": 1000}
+
+    base = run("base", "A", mmd=0.0163)
+    rerun = run("rerun", "B", {"ema_decay": 0.999}, mmd=0.0170)
+    batch = run("batch32", "B", {"batch_size": 32}, mmd=0.0146)
+    alone = run("ema0.99", "C", {"ema_decay": 0.99})
+    other_budget = run("rerun", "C", {"ema_decay": 0.999}, minutes=20)
+    rows = [base, rerun, batch, alone, other_budget]
+    assert compute.restates_base(rerun, base) and not compute.restates_base(batch, base)
+    assert compute.paired_base(batch, rows) is rerun      # same machine, base options
+    assert compute.paired_base(rerun, rows) is base       # a restatement is itself measured against the base
+    assert compute.paired_base(alone, rows) is base       # no run of the base recipe on its machine
+    assert compute.paired_base(other_budget, rows) is None  # no base run at that budget
+    assert compute.paired_base(run("x", "A", {"batch_size": 32}), rows) is base  # the base run before a restatement
+    table = "\n".join(compute.lever_lines(rows))
+    assert "| fno | 10 | batch32 (batch_size=32) | 0.0170 -> 0.0146 |" in table
+    assert table.count("rerun, same machine |") == 1 and table.count("base, other machine |") == 2
 
 
 def test_compute_notes_are_written_once_per_network_with_their_budgets():
