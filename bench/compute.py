@@ -22,6 +22,8 @@ budget in minutes is steps on one machine): `--variant rerun --train_option ema_
 restates the base options, and levers run beside it are paired with it.
 """
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -123,7 +125,20 @@ def row(record):
             "mmd_28": low["mmd"], "floor_28": low["floor_real"], "mmd_56": res.get("mmd"),
             "floor_56": res.get("floor_real"), "fd_28": low.get("fd"), "fd_floor": low.get("fd_floor"),
             "n": low["n"], "host": reproduce.hardware(record), "note": record.get("note"),
-            "config": record.get("train_config", {}), "load": record.get("max_load_1min")}
+            "recipe": recipe(record), "load": record.get("max_load_1min")}
+
+
+# options that do not change what a run trains: this machine's, the budget, the validation sampling
+NOT_RECIPE = {*training.FRESH_ON_RESUME, "data_root", "save_model", "minutes", "n_epochs", "model_arg",
+              *reproduce.VALIDATION_OPTIONS}
+
+
+def recipe(record):
+    """What a record's run trained: its main.py options (main.py's defaults for those it predates)
+    less NOT_RECIPE, and the network's resolved arguments (model_arg as the network read it)."""
+    options = {**dataclasses.asdict(training.TrainConfig(model=record["model"])), **training.LEGACY_DEFAULTS,
+               **record.get("train_config", {})}
+    return {**{k: v for k, v in options.items() if k not in NOT_RECIPE}, "model_kwargs": record.get("model_kwargs")}
 
 
 def sampler_of(record):
@@ -143,22 +158,26 @@ def fmt(value, digits=4):
 
 
 def restates_base(r, base):
-    """A variant whose options are all the base run's own values (e.g. `--variant rerun
-    --train_option ema_decay=0.999`): the base recipe run again, on whatever machine it ran."""
-    return r["variant"] != BASE and all(base["config"].get(k) == v for k, v in r["options"].items())
+    """A variant that trained the base run's recipe (e.g. `--variant rerun --train_option
+    ema_decay=0.999`, the default restated): the base recipe run again, on whatever machine it ran."""
+    return r["variant"] != BASE and r["recipe"] == base["recipe"]
 
 
 def paired_base(r, rows):
-    """The run with the base recipe that a variant is measured against: the base run of its network
-    and budget, or a restatement of it (see restates_base), on the variant's own machine where one
-    exists, since a budget in minutes buys different steps on different machines. None: no base run."""
-    base = next((b for b in rows if b["variant"] == BASE and (b["model"], b["minutes"]) == (r["model"], r["minutes"])),
-                None)
-    if base is None:
+    """The run of the base recipe that a variant is measured against, at its network and budget: on
+    the variant's own machine where there is one (a budget in minutes buys different steps on
+    different machines), the base run first, then a restatement of it (see restates_base; by
+    variant name), never one restatement against another; else the base run on another machine.
+    None: the network has no base run, or none at that budget and none of its recipe on the machine."""
+    bases = [b for b in rows if b["variant"] == BASE and b["model"] == r["model"]]
+    if not bases:
         return None
+    r_restates = restates_base(r, bases[0])
     same_host = [b for b in rows if b is not r and b["host"] == r["host"] and (b["model"], b["minutes"]) ==
-                 (r["model"], r["minutes"]) and (b is base or restates_base(b, base))]
-    return min(same_host, key=lambda b: b["variant"] != BASE) if same_host else base
+                 (r["model"], r["minutes"]) and (b["variant"] == BASE or (restates_base(b, bases[0]) and not r_restates))]
+    if same_host:
+        return min(same_host, key=lambda b: (b["variant"] != BASE, b["variant"]))
+    return next((b for b in bases if b["minutes"] == r["minutes"]), None)
 
 
 def lever_lines(rows):
@@ -169,11 +188,11 @@ def lever_lines(rows):
         if before is None:
             continue
         options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
-        machine = "same" if before["host"] == r["host"] else "other"
+        machine = "same machine" if before["host"] == r["host"] else f"other machine, {machine_tag(before['host'])}"
         lines.append(f"| {r['model']} | {r['minutes']:g} | {r['variant']} ({options}) | "
                      f"{fmt(before['mmd_28'])} -> {fmt(r['mmd_28'])} | {fmt(before['mmd_56'])} -> {fmt(r['mmd_56'])} | "
                      f"{fmt(before['fd_28'], 1)} -> {fmt(r['fd_28'], 1)} | {before['steps']} -> {r['steps']} | "
-                     f"{before['sampler']} / {r['sampler']} | {r['n']} | {before['variant']}, {machine} machine |")
+                     f"{before['sampler']} / {r['sampler']} | {r['n']} | {before['variant']}, {machine} |")
     if not lines:
         return []
     return ["", "## Levers", "",
@@ -196,14 +215,21 @@ def note_lines(rows):
             for line in (f"{model} ({', '.join(budgets)} min): {note}.", "")]
 
 
+def machine_tag(host):
+    """A short name for a host that does not change as records are added (a digest of its string)."""
+    return "m" + hashlib.sha1(host.encode()).hexdigest()[:4]
+
+
 def hardware_line(hosts):
-    """The machines behind the table, tagged as its machine column names them ({host: tag})."""
+    """The machines behind the table, under the tags its machine column gives them (machine_tag)."""
     if not hosts:
         return "No run has finished yet."
-    machines = "; ".join(f"{tag}: {host}" for host, tag in hosts.items())
-    return (f"Hardware (the machine column): {machines}. Max load: the highest 1-minute load average in "
-            "training ('-': not logged); above the torch threads + 1 the run shared the CPU, and its steps "
-            "are not its machine's.")
+    machines = "; ".join(f"{machine_tag(host)}: {host}" for host in sorted(hosts, key=machine_tag))
+    return (f"Hardware (the machine column): {machines}. A machine is what a record names: the platform "
+            "string (kernel build) of the run's last training epoch, so two VMs of one build share a tag. "
+            "Max load: the highest 1-minute load average in training ('-': not logged); above the torch "
+            f"threads + {reproduce.SHARED_LOAD_MARGIN:g} the run shared the CPU, and its steps are not its "
+            "machine's.")
 
 
 def write_report(args, records, command):
@@ -221,13 +247,12 @@ def write_report(args, records, command):
              f"(NFE: score evaluations per sample) at n = {args.num_samples} against MNIST test; 56 = the 28 "
              f"samples Fourier-interpolated (resample). Floors: real train vs real test at the same n. "
              f"torch {versions()['torch']}.", ""]
-    hosts = {host: chr(ord("A") + i) for i, host in enumerate(sorted({r["host"] for r in rows}))}
-    lines += [hardware_line(hosts), "",
+    lines += [hardware_line({r["host"] for r in rows}), "",
               "| model | variant | budget min | machine | steps | sampler | MMD 28 | floor 28 | MMD 56 resample "
               "| floor 56 | FD 28 | FD floor | max load |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {r['minutes']:g} | {hosts[r['host']]} | {r['steps']} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {r['minutes']:g} | {machine_tag(r['host'])} | {r['steps']} | "
                      f"{r['sampler']} | "
                      f"{fmt(r['mmd_28'])} | {fmt(r['floor_28'])} | {fmt(r['mmd_56'])} | {fmt(r['floor_56'])} | "
                      f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} | {fmt(r['load'], 2)} |")

@@ -144,7 +144,9 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
     assert all(r["train_config"]["sampler"] == "auto" for r in records)  # validated the same way
     table = (tmp_path / "results" / "compute.md").read_text()
     assert table.count("| 0.005 |") == 2 and (tmp_path / "results" / "compute.png").exists()
-    assert table.count("| base | 0.005 | A |") == 2 and "the machine column): A: " in table  # one machine
+    tag = compute.machine_tag(reproduce.hardware(records[0]))
+    assert table.count(f"| base | 0.005 | {tag} |") == 2 and f"the machine column): {tag}: " in table  # one machine
+    assert all(r["train_versions"]["platform"] == r["versions"]["platform"] for r in records)  # trained here
     assert "## Levers" not in table
     assert f"Made by\n\n    {compute.BASE_COMMAND}\n" in table  # one command for every base curve
 
@@ -176,26 +178,62 @@ def test_compute_curves_train_to_a_budget_score_and_skip_finished_runs(tmp_path,
 def test_compute_levers_are_paired_with_the_base_recipe_on_their_own_machine():
     import bench.compute as compute
 
-    def run(variant, host, options=None, minutes=10, mmd=0.02):
-        return {"model": "fno", "minutes": minutes, "variant": variant, "host": host, "options": options or {},
-                "config": {"ema_decay": 0.999, "batch_size": 64}, "steps": 100, "mmd_28": mmd, "mmd_56": mmd,
-                "fd_28": 50.0, "sampler": "heun 13", "n": 1000}
+    base_recipe = {"ema_decay": 0.999, "batch_size": 64}
 
-    base = run("base", "A", mmd=0.0163)
-    rerun = run("rerun", "B", {"ema_decay": 0.999}, mmd=0.0170)
-    batch = run("batch32", "B", {"batch_size": 32}, mmd=0.0146)
+    def run(variant, host, options=None, minutes=10, mmd=0.02, model="fno", fd=50.0, steps=100):
+        return {"model": model, "minutes": minutes, "variant": variant, "host": host, "options": options or {},
+                "recipe": {**base_recipe, **(options or {})}, "steps": steps, "mmd_28": mmd, "mmd_56": 2 * mmd,
+                "fd_28": fd, "sampler": "heun 13", "n": 1000}
+
+    base = run("base", "A", mmd=0.0163, fd=138.5, steps=2198)
+    rerun = run("rerun", "B", {"ema_decay": 0.999}, mmd=0.0170, fd=136.0, steps=2316)
+    batch = run("batch32", "B", {"batch_size": 32}, mmd=0.0146, fd=115.7, steps=3855)
     alone = run("ema0.99", "C", {"ema_decay": 0.99})
     other_budget = run("rerun", "C", {"ema_decay": 0.999}, minutes=20)
-    rows = [base, rerun, batch, alone, other_budget]
+    lever_beside_it = run("batch32", "C", {"batch_size": 32}, minutes=20)
+    cno_base_on_b = run("base", "B", model="cno")
+    rows = [base, rerun, batch, alone, other_budget, lever_beside_it, cno_base_on_b]
     assert compute.restates_base(rerun, base) and not compute.restates_base(batch, base)
-    assert compute.paired_base(batch, rows) is rerun      # same machine, base options
+    assert not compute.restates_base(run("two", "B", {"ema_decay": 0.999, "batch_size": 32}), base)
+    assert compute.paired_base(batch, rows) is rerun      # same machine, base recipe (not the cno's base)
     assert compute.paired_base(rerun, rows) is base       # a restatement is itself measured against the base
     assert compute.paired_base(alone, rows) is base       # no run of the base recipe on its machine
-    assert compute.paired_base(other_budget, rows) is None  # no base run at that budget
-    assert compute.paired_base(run("x", "A", {"batch_size": 32}), rows) is base  # the base run before a restatement
+    assert compute.paired_base(other_budget, rows) is None  # no base run at that budget, none beside it
+    assert compute.paired_base(lever_beside_it, rows) is other_budget  # a restatement beside it will do
+    rerun_on_a = run("again", "A", {"ema_decay": 0.999})
+    with_a = rows + [rerun_on_a]
+    assert compute.paired_base(run("x", "A", {"batch_size": 32}), with_a) is base  # the base before a restatement
+    assert compute.paired_base(rerun_on_a, with_a) is base
+    assert compute.paired_base(rerun, rows + [run("rerun2", "B", {"ema_decay": 0.999})]) is base  # not each other
     table = "\n".join(compute.lever_lines(rows))
-    assert "| fno | 10 | batch32 (batch_size=32) | 0.0170 -> 0.0146 |" in table
-    assert table.count("rerun, same machine |") == 1 and table.count("base, other machine |") == 2
+    assert ("| fno | 10 | batch32 (batch_size=32) | 0.0170 -> 0.0146 | 0.0340 -> 0.0292 | 136.0 -> 115.7 | "
+            "2316 -> 3855 |") in table
+    assert table.count("rerun, same machine |") == 2
+    assert table.count(f"base, other machine, {compute.machine_tag('A')} |") == 2
+
+
+def test_compute_recipe_is_what_a_run_trained_whatever_the_record_predates():
+    import bench.compute as compute
+
+    def record(model_kwargs=None, **options):
+        return {"model": "cno", "train_config": {"ema_decay": 0.999, "out_dir": "runs/x", "minutes": 10.0, **options},
+                "model_kwargs": model_kwargs or {"channel_multiplier": 16}}
+
+    old = compute.recipe(record())
+    assert compute.recipe(record(t_sampling="uniform", minutes=80.0, out_dir="elsewhere", progress=0)) == old
+    assert compute.recipe(record(t_sampling="lognormal")) != old
+    assert compute.recipe(record(ema_decay=0.99)) != old
+    assert compute.recipe(record(model_kwargs={"channel_multiplier": 24})) != old
+    assert compute.recipe(record(model_arg=["channel_multiplier=16"])) == old  # as the network read it
+
+
+def test_compute_machine_tags_stay_as_records_are_added():
+    import bench.compute as compute
+
+    tags = {compute.machine_tag(h) for h in ("Linux-fc-v1045, torch threads 2", "Linux-fc-v1272, torch threads 2")}
+    assert len(tags) == 2 and all(t.startswith("m") and len(t) == 5 for t in tags)
+    line = compute.hardware_line({"Linux-fc-v1272, torch threads 2"})
+    assert f"{compute.machine_tag('Linux-fc-v1272, torch threads 2')}: Linux-fc-v1272, torch threads 2." in line
 
 
 def test_compute_notes_are_written_once_per_network_with_their_budgets():

@@ -80,9 +80,10 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     monkeypatch.setattr(reproduce.training, "load_training_data", must_not_run)
     moved = results / "runs" / "tiny" / "cno_standard_s1.json"  # as if this run had finished elsewhere
     record = json.load(open(moved))
-    record["versions"]["platform"] = "another-machine"
+    assert record["train_versions"]["platform"] == record["versions"]["platform"]  # trained and scored here
+    record["train_versions"]["platform"] = "another-machine"  # the hardware is where it trained, not where scored
     del record["sampler"], record["num_steps"]  # as records written before these fields (v1's)
-    record["max_load_1min"] = record["versions"]["cpu_threads"] + 3.5  # trained beside other work
+    record["max_load_1min"] = record["train_versions"]["cpu_threads"] + 3.5  # trained beside other work
     moved.write_text(json.dumps(record))
     assert call(argv) == 0  # everything finished: only the summary is rebuilt
     assert len(list(csv.DictReader(open(results / "runs.csv")))) == 4
@@ -93,15 +94,17 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     assert f"cno_standard_s1 (load {record['max_load_1min']:.1f})" in table.split("not timings: ")[1]
 
 
-def test_a_run_is_called_contended_only_above_its_threads_plus_one():
+def test_a_run_is_called_contended_only_above_its_threads_plus_the_margin():
     def record(name, load, threads=2):
         model, prior, seed = name
         return {"model": model, "prior": prior, "seed": seed, "max_load_1min": load,
                 "versions": {"cpu_threads": threads}}
-    records = [record(("unet", "standard", 0), 3.0), record(("fno", "standard", 0), 3.2),
-               record(("cno", "standard", 0), None), record(("cno", "standard", 1), 9.0, threads=8)]
+    assert reproduce.SHARED_LOAD_MARGIN == 0.5
+    records = [record(("unet", "standard", 0), 2.4), record(("fno", "standard", 0), 2.6),
+               record(("cno", "standard", 0), None), record(("cno", "standard", 1), 8.4, threads=8)]
     lines = reproduce.shared_cpu_lines(records)
-    assert len(lines) == 1 and lines[0].endswith("not timings: fno_standard_s0 (load 3.2).")
+    assert len(lines) == 1 and lines[0].endswith("not timings: fno_standard_s0 (load 2.6).")
+    assert "above the torch threads + 0.5 in an epoch" in lines[0]
     assert reproduce.shared_cpu_lines(records[:1] + records[2:]) == []
 
 
