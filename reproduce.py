@@ -40,7 +40,8 @@ MODELS = ["unet", "fno", "cno"]
 
 # "cpu": chosen from the lever runs and the quality-vs-compute curves of docs/results.md ("How the CPU
 # profile was chosen"): one recipe for the three networks, 6 epochs of full MNIST (5,532 steps of batch
-# 64; 19-25 min with validation alone on 2 cores) for the UNet and the FNO, 10 for the CNO, with a cosine
+# 64; 19-25 min with validation alone on 2 cores) for the UNet, 5 of batch 32 for the FNO (9,220 steps
+# in about the same minutes), 10 of batch 64 for the CNO, with a cosine
 # decay of the learning rate to the last step, each network with its best measured parametrization
 # (EDM preconditioning for the operators, the noise for the UNet) and 25-evaluation sampler ("auto",
 # sde.AUTO_SAMPLERS). It replaced v1's 2 epochs at a constant rate, noise parametrization and
@@ -54,7 +55,9 @@ PROFILES = {
                   "num_samples_mmd": 128, "sampler": "auto", "lr_schedule": "cosine", "warmup_steps": 100},
         "models": {
             "unet": {"n_epochs": 6, "model_arg": ["ch=16"], "parametrization": "noise"},
-            "fno": {"n_epochs": 6, "model_arg": [], "parametrization": "edm"},
+            # batch 32 won the FNO's lever rows by its FD at 10 and 20 minutes (results/compute.md: 136 ->
+            # 116, 84 -> 68; MMD within noise); 5 epochs of it take the minutes of 6 epochs of 64
+            "fno": {"n_epochs": 5, "batch_size": 32, "model_arg": [], "parametrization": "edm"},
             # the CNO's curve still falls from 20 to 40 minutes (results/compute.md: MMD 28 0.0118 ->
             # 0.0105, FD 70 -> 47); 10 epochs took 22-31 min alone (UNet, FNO at 40 min: 0.0117, 0.0109)
             "cno": {"n_epochs": 10, "model_arg": [], "parametrization": "edm"},

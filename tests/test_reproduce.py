@@ -114,7 +114,7 @@ def test_every_profile_names_only_options_main_and_test_know(profile):
     must be a TrainConfig field, every evaluation sampler one test.py accepts."""
     settings = reproduce.PROFILES[profile]
     for model, options in settings["models"].items():
-        reproduce.training.validate(reproduce.training.TrainConfig(model=model, **settings["train"], **options))
+        reproduce.training.validate(reproduce.training.TrainConfig(model=model, **{**settings["train"], **options}))
     assert settings["eval"].get("sampler", "em") in ("auto", *sde.SAMPLERS)
 
 
