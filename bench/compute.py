@@ -19,7 +19,8 @@ options changed (e.g. `--variant edm --train_option parametrization=edm`, `--var
 (NAME in the record's file name) and compute.md gains a lever table, each variant against the
 base recipe of the same network and budget on its own machine where there is such a run (a
 budget in minutes is steps on one machine): `--variant rerun --train_option ema_decay=0.999`
-restates the base options, and levers run beside it are paired with it.
+restates the base options, and levers run beside it are paired with it. Base runs trained before
+the profile changed are named in compute.md, and their curve is not extended with the new recipe.
 """
 import argparse
 import dataclasses
@@ -141,6 +142,49 @@ def recipe(record):
     return {**{k: v for k, v in options.items() if k not in NOT_RECIPE}, "model_kwargs": record.get("model_kwargs")}
 
 
+# what the profile asks of a run that this script sets itself (the budget, the validation) or that
+# the record holds as model_kwargs instead
+NOT_PROFILE = (NOT_RECIPE - {"model_arg"}) | FIXED_OPTIONS
+
+
+def profile_drift(record):
+    """{option: (trained, asked now)} where a base run's options differ from what reproduce.py's cpu
+    profile asks of its network today: the profile changed after the run (e.g. the FNO's batch 64
+    -> 32), so the run is of the recipe it was trained with, not of the profile's."""
+    cpu = reproduce.PROFILES["cpu"]
+    asked = {**cpu["train"], **cpu["models"][record["model"]]}
+    trained = {**dataclasses.asdict(training.TrainConfig(model=record["model"])), **training.LEGACY_DEFAULTS,
+               **record.get("train_config", {})}
+    return {key: (trained.get(key), value) for key, value in asked.items()
+            if key not in NOT_PROFILE and trained.get(key) != value}
+
+
+def drift_lines(records):
+    """One line per network whose base runs the profile has moved away from (profile_drift)."""
+    drifted = {}
+    for r in records:
+        if r.get("variant", BASE) == BASE and (changes := profile_drift(r)):
+            key = (r["model"], reproduce.describe_changes(changes))
+            drifted.setdefault(key, []).append(r["budget_minutes"])
+    return [line for (model, changes), budgets in sorted(drifted.items())
+            for line in (f"{model} base ({', '.join(f'{b:g}' for b in sorted(budgets))} min): trained before reproduce.py's cpu profile "
+                         f"changed ({changes}: as trained -> as the profile asks now); these points are of the "
+                         f"recipe they were trained with, and a variant of the new options stands for the "
+                         f"profile.", "")]
+
+
+def refuse_mixed_curve(args, model, records):
+    """A new base budget would join the profile's recipe of today to base runs of an older one in one
+    curve: refuse, naming what changed and the two ways on."""
+    drifted = [r for r in records if r["model"] == model and r.get("variant", BASE) == BASE and profile_drift(r)]
+    if drifted:
+        changes = reproduce.describe_changes(profile_drift(drifted[0]))
+        raise UserError(f"{model}: its base curve under {os.path.join(args.results, 'compute')} was trained "
+                        f"before the cpu profile changed ({changes}), so a new base budget would mix two "
+                        f"recipes in one line; run the new options as a lever (--variant NAME --train_option "
+                        f"KEY=VALUE) or move the old base records aside first")
+
+
 def sampler_of(record):
     """'heun 13 (25 NFE)': the sampler the record's evaluation ran (auto resolved)."""
     low = reproduce.column(record, "n0") or {}
@@ -240,7 +284,7 @@ def write_report(args, records, command):
              "(resumable: a budget whose record exists is skipped; a lever is `--variant NAME --train_option "
              "KEY=VALUE`). Each record in `compute/` keeps the command that made it; these were run:", "",
              *[f"    {c}" for c in commands or [command]], "",
-             *note_lines(rows),
+             *note_lines(rows), *drift_lines(records),
              f"Each network at the CPU profile's size, seed {args.seed}, prior `{args.prior}`, full MNIST, "
              f"trained for the budget (`main.py --minutes B`; the learning-rate schedule and warm-up as the "
              f"command says, a cosine schedule ends at the budget), scored by test.py with the row's sampler "
@@ -360,6 +404,8 @@ def main(argv=None):
             folder = os.path.join(args.runs_dir, f"{budget:g}min{variant_suffix(args)}")
             for model in args.models:
                 out = record_path(args, model, budget)
+                if args.variant == BASE and not os.path.exists(out):
+                    refuse_mixed_curve(args, model, load_records(args))
                 check_same_variant(args, model, out, os.path.join(folder, reproduce.run_name(model, args.prior,
                                                                                             args.seed)))
                 if os.path.exists(out):

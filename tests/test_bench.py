@@ -244,6 +244,41 @@ def test_compute_notes_are_written_once_per_network_with_their_budgets():
     assert compute.note_lines(rows) == ["cno (5, 10 min): made as a lever.", ""]
 
 
+def test_compute_names_base_runs_the_profile_has_moved_away_from_and_refuses_to_extend_their_curve(
+        tmp_path, monkeypatch):
+    import json
+    import bench.compute as compute
+    import reproduce
+
+    cpu = reproduce.PROFILES["cpu"]
+    asked = {**cpu["train"], **cpu["models"]["fno"]}
+
+    def record(minutes, variant="base", **options):
+        return {"model": "fno", "variant": variant, "budget_minutes": minutes,
+                "train_config": {**asked, "n_epochs": 10**6, "minutes": minutes, "val_every": 0, **options}}
+
+    assert compute.profile_drift(record(10)) == {}  # the budget, epochs and validation are the bench's own
+    assert compute.profile_drift(record(10, batch_size=asked["batch_size"] * 2)) == {
+        "batch_size": (asked["batch_size"] * 2, asked["batch_size"])}
+    assert compute.profile_drift(record(10, model_arg=["width=8"])) == {"model_arg": (["width=8"], asked["model_arg"])}
+    old = [record(20, batch_size=7), record(5, batch_size=7), record(10), record(10, "lever", batch_size=7)]
+    assert compute.drift_lines(old) == [
+        "fno base (5, 20 min): trained before reproduce.py's cpu profile changed (batch_size: 7 -> "
+        f"{asked['batch_size']}: as trained -> as the profile asks now); these points are of the recipe they "
+        "were trained with, and a variant of the new options stands for the profile.", ""]
+
+    (tmp_path / "compute").mkdir()
+    (tmp_path / "compute" / "fno_standard_5min_s0.json").write_text(json.dumps(old[1]))
+
+    def never(*args, **kwargs):
+        raise AssertionError("a run was trained into a curve of another recipe")
+
+    monkeypatch.setattr(reproduce, "train_run", never)
+    with pytest.raises(UserError, match=r"fno: its base curve .* \(batch_size: 7 -> "):
+        compute.main(["--models", "fno", "--budgets", "10", "--results", str(tmp_path), "--runs_dir",
+                      str(tmp_path / "runs")])
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--variant", "x", "--train_option", "seed=3"], "seed: set by bench/compute.py"),
     (["--variant", "x", "--train_option", "widht=3"], "widht: not an option of main.py"),
