@@ -151,12 +151,8 @@ def profile_drift(record):
     """{option: (trained, asked now)} where a base run's options differ from what reproduce.py's cpu
     profile asks of its network today: the profile changed after the run (e.g. the FNO's batch 64
     -> 32), so the run is of the recipe it was trained with, not of the profile's."""
-    cpu = reproduce.PROFILES["cpu"]
-    asked = {**cpu["train"], **cpu["models"][record["model"]]}
-    trained = {**dataclasses.asdict(training.TrainConfig(model=record["model"])), **training.LEGACY_DEFAULTS,
-               **record.get("train_config", {})}
-    return {key: (trained.get(key), value) for key, value in asked.items()
-            if key not in NOT_PROFILE and trained.get(key) != value}
+    changes = reproduce.record_changes(record, reproduce.PROFILES["cpu"])
+    return {key: change for key, change in changes.items() if key not in NOT_PROFILE}
 
 
 def drift_lines(records):

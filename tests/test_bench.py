@@ -254,7 +254,7 @@ def test_compute_names_base_runs_the_profile_has_moved_away_from_and_refuses_to_
     asked = {**cpu["train"], **cpu["models"]["fno"]}
 
     def record(minutes, variant="base", **options):
-        return {"model": "fno", "variant": variant, "budget_minutes": minutes,
+        return {"model": "fno", "prior": "standard", "seed": 0, "epochs": 1, "variant": variant, "budget_minutes": minutes,
                 "train_config": {**asked, "n_epochs": 10**6, "minutes": minutes, "val_every": 0, **options}}
 
     assert compute.profile_drift(record(10)) == {}  # the budget, epochs and validation are the bench's own
