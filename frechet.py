@@ -1,12 +1,18 @@
-"""A second metric beside the MMD: Frechet distance in the features of a small MNIST classifier.
+"""Metrics beside the MMD, in the features of a small MNIST classifier: the Frechet distance and its kin.
 
     python frechet.py --data_root ~/mnist          # trains it (seeded) -> checkpoints/mnist_classifier.pt
 
 FD(X, Y) = |mu_X - mu_Y|^2 + tr(C_X + C_Y - 2 (C_X C_Y)^(1/2)) on the 64 features before the
 classifier's last layer (the FID recipe, with a digit classifier instead of Inception).
 Images at K*n0 are average-pooled by K to n0 first (other sizes resized): the classifier sees the
-training grid.
-The classifier also gives the class histogram of generated samples (do all ten digits occur?).
+training grid. The same classifier gives (`classifier_figures`):
+- the class histogram, and its entropy in bits (mode coverage: log2 10 = 3.32 for ten equal classes);
+- the confident share: the fraction of images whose top softmax probability is above 0.9 (a sample a
+  person reads as one digit);
+- precision and recall (Kynkaenniemi et al. 2019, k = 5) in the feature space: the share of generated
+  features inside the k-NN balls of the real ones, and of real features inside those of the generated;
+- the Vendi score (Friedman & Dieng 2023): exp of the entropy of the eigenvalues of K / n, K the cosine
+  similarity of the features: the effective number of distinct samples (1 for copies of one image).
 Its own module because training and applying a classifier is a job of its own, apart from
 the kernel metric in mmd.py.
 """
@@ -61,15 +67,21 @@ def to_classifier_grid(images, n0=28):
 
 
 @torch.inference_mode()
-def apply(model, images, batch_size=1000):
-    """(features float64 (N, 64), predicted labels (N,)) of images in [0, 1]."""
+def classify(model, images, batch_size=1000):
+    """(features float64 (N, 64), class probabilities float64 (N, 10)) of images in [0, 1]."""
     model.eval()
-    feats, labels = [], []
+    feats, probabilities = [], []
     for chunk in to_classifier_grid(images.float(), getattr(model, "n0", 28)).split(batch_size):
         f = model.features(chunk)
         feats.append(f.double())
-        labels.append(model.head(f).argmax(1))
-    return torch.cat(feats), torch.cat(labels)
+        probabilities.append(torch.softmax(model.head(f).double(), dim=1))
+    return torch.cat(feats), torch.cat(probabilities)
+
+
+def apply(model, images, batch_size=1000):
+    """(features float64 (N, 64), predicted labels (N,)) of images in [0, 1]."""
+    features, probabilities = classify(model, images, batch_size)
+    return features, probabilities.argmax(1)
 
 
 def psd_sqrt(matrix):
@@ -101,6 +113,77 @@ def frechet_distance(features_a, features_b):
 
 def class_histogram(labels):
     return torch.bincount(labels, minlength=10).tolist()
+
+
+CONFIDENT = 0.9  # a top class probability above this: the classifier reads the image as that digit
+NEAREST = 5  # k of precision and recall (Kynkaenniemi et al. 2019)
+
+
+def confident_share(probabilities, threshold=CONFIDENT):
+    """Fraction of images whose top class probability is above `threshold`."""
+    return float((probabilities.max(dim=1).values > threshold).double().mean())
+
+
+def histogram_entropy(labels, classes=10):
+    """Entropy in bits of the predicted classes' histogram: log2(classes) when every class is equally
+    common, 0 when one class takes all."""
+    p = torch.bincount(labels, minlength=classes).double() / len(labels)
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum())
+
+
+def knn_radii(features, k=NEAREST):
+    """Distance of each feature vector to its k-th nearest neighbour in the same set (itself excluded)."""
+    if len(features) <= k:
+        raise ValueError(f"k-NN radii need more than k = {k} points, got {len(features)}")
+    distances = torch.cdist(features, features)
+    return distances.kthvalue(k + 1, dim=1).values  # the 1st smallest is the point itself (0)
+
+
+def coverage_share(points, centres, radii):
+    """Fraction of `points` inside at least one ball B(centre_j, radius_j)."""
+    return float((torch.cdist(points, centres) <= radii[None, :]).any(dim=1).double().mean())
+
+
+def precision_recall(generated, real, k=NEAREST):
+    """(precision, recall) of generated against real features (Kynkaenniemi et al. 2019): precision is
+    the share of generated points inside the union of the real points' k-NN balls, recall the share
+    of real points inside the union of the generated points' k-NN balls."""
+    return (coverage_share(generated, real, knn_radii(real, k)),
+            coverage_share(real, generated, knn_radii(generated, k)))
+
+
+def vendi_score(features):
+    """exp(-sum_i lambda_i log lambda_i), lambda the eigenvalues of K / n with K_ij = cos(f_i, f_j)
+    (Friedman & Dieng 2023). K / n = X X^T / n for the unit rows X has the nonzero eigenvalues of
+    X^T X / n (d x d), which is what is decomposed. Zero feature vectors (a dead ReLU layer) count as one
+    direction of their own."""
+    x = features.double()
+    norms = x.norm(dim=1, keepdim=True)
+    dead = norms.squeeze(1) == 0
+    x = torch.where(dead[:, None], torch.zeros_like(x), x / norms.clamp_min(1e-300))
+    x = torch.cat([x, dead.double()[:, None]], dim=1)  # an extra axis shared by all zero vectors
+    eigenvalues = torch.linalg.eigvalsh(x.T @ x / len(x)).clamp_min(0)
+    eigenvalues = eigenvalues[eigenvalues > 0]
+    return float(torch.exp(-(eigenvalues * eigenvalues.log()).sum()))
+
+
+def classifier_figures(model, samples, real_a, real_b):
+    """The classifier's figures of `samples` against real_b, each beside its real-vs-real floor (real_a,
+    as many real images as samples, against real_b): FD, confident share, class-histogram entropy,
+    precision, recall, Vendi, and the class histogram."""
+    (features, probabilities), (features_a, probabilities_a) = classify(model, samples), classify(model, real_a)
+    features_b = classify(model, real_b)[0]
+    labels, labels_a = probabilities.argmax(1), probabilities_a.argmax(1)
+    precision, recall = precision_recall(features, features_b)
+    precision_floor, recall_floor = precision_recall(features_a, features_b)
+    return {"fd": frechet_distance(features, features_b), "fd_floor": frechet_distance(features_a, features_b),
+            "confident": confident_share(probabilities), "confident_floor": confident_share(probabilities_a),
+            "class_entropy": histogram_entropy(labels), "class_entropy_floor": histogram_entropy(labels_a),
+            "precision": precision, "precision_floor": precision_floor,
+            "recall": recall, "recall_floor": recall_floor,
+            "vendi": vendi_score(features), "vendi_floor": vendi_score(features_a),
+            "class_histogram": class_histogram(labels)}
 
 
 def file_sha256(path):

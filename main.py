@@ -8,6 +8,7 @@ last.pt (every epoch) and best.pt (best validation MMD at n0). See --help.
 import argparse
 import csv
 import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -60,7 +61,26 @@ class TrainConfig:
                           "validation images); 0: all training images", choices=[0, 1])
     train_limit: int = _opt(0, "use only the first N training images of the split (0: all); for "
                                "quick checks")
-    input_height: int = _opt(28, "training resolution n0 (images are n0 x n0)")
+    input_height: int = _opt(28, "training resolution n0 (images are n0 x n0, n0 >= 4); below MNIST's 28 "
+                                 "the 28 training images reduced to n0 by Fourier truncation")
+    levels: str = _opt("", "multilevel training: a schedule GRID:SHARE[:BATCH],... of rising grids ending at "
+                           "--input_height, e.g. 14:0.75,28:0.25 or 7:0.5,14:0.25,28:0.25. SHARE: the fraction "
+                           "of --minutes (if set, else of --n_epochs) spent on that grid; BATCH: its batch size "
+                           "(default --batch_size). Each level trains the same network, optimizer, EMA and "
+                           "schedule on the training images reduced to its grid (Fourier truncation), with "
+                           "the prior's noise drawn at --input_height and truncated (the resample law). "
+                           "Empty: one level, --input_height")
+    level_ema: str = _opt("restart", "the EMA at a level switch: 'restart' (it starts again from the weights "
+                                     "of the switch, with its warm-up) or 'carry' (it keeps averaging)",
+                          choices=["restart", "carry"])
+    level_lr: str = _opt("final", "the learning-rate schedule of a multilevel run: 'final' (the peak rate "
+                                  "through the coarse levels, --lr_schedule spans the final level) or "
+                                  "'global' (--lr_schedule spans the whole run)", choices=["final", "global"])
+    grid_conditioning: str = _opt("physical", "what the network is told on a grid other than n0 (coarse "
+                                              "levels, raw native sampling): 'physical' the time t, the same "
+                                              "physical noise on every grid; 'pixel' the grid's per-pixel "
+                                              "noise level, as if the grid were n0 (sde.ScoreModel)",
+                                  choices=list(sde.ScoreModel.GRID_CONDITIONINGS))
     n_epochs: int = _opt(20, "number of training epochs (with --minutes: the most epochs)")
     minutes: float = _opt(0.0, "training budget in minutes of training time (validation not counted); "
                                "0: none. Training stops when it is spent, validates and writes a valid "
@@ -164,8 +184,9 @@ def validate(config):
         raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
     if config.grad_clip < 0:
         raise UserError(f"--grad_clip must be >= 0, got {config.grad_clip}")
-    if config.input_height < 8:
-        raise UserError(f"--input_height must be at least 8, got {config.input_height}")
+    if config.input_height < MIN_GRID:
+        raise UserError(f"--input_height must be at least {MIN_GRID}, got {config.input_height}")
+    parse_levels(config.levels, config.input_height, config.batch_size)
     if config.prior_name == "matern" and not config.matern_s > 0.5:
         raise UserError(f"--matern_s must be > 1/2 (trace class), got {config.matern_s}")
     if config.prior_name == "matern" and not config.matern_c > 0:
@@ -175,6 +196,54 @@ def validate(config):
         models.model_kwargs(config.model, config.profile, overrides)
     except ValueError as error:
         raise UserError(f"--model_arg: {error}")
+
+
+MIN_GRID = 4  # the coarsest grid a run trains on
+
+
+@dataclass(frozen=True)
+class Level:
+    """One grid of a multilevel schedule: its size, its share of the budget, its batch size."""
+
+    grid: int
+    share: float
+    batch_size: int
+
+
+def parse_levels(text, n0, batch_size):
+    """--levels 'GRID:SHARE[:BATCH],...' -> [Level, ...]; '' -> one level, n0 with all of the budget.
+    UserError (naming --levels) unless the grids rise from >= MIN_GRID to n0 and the shares are
+    positive and sum to 1."""
+    if not text.strip():
+        return [Level(n0, 1.0, batch_size)]
+    levels = []
+    for item in text.split(","):
+        fields = item.strip().split(":")
+        try:
+            if len(fields) not in (2, 3):
+                raise ValueError
+            grid, share = int(fields[0]), float(fields[1])
+            batch = int(fields[2]) if len(fields) == 3 else batch_size
+        except ValueError:
+            raise UserError(f"--levels {text!r}: expected GRID:SHARE[:BATCH] items separated by commas, e.g. "
+                            f"14:0.75,28:0.25; {item.strip()!r} is not one") from None
+        if grid < MIN_GRID:
+            raise UserError(f"--levels {text!r}: grid {grid} is below the coarsest allowed, {MIN_GRID}")
+        if not (math.isfinite(share) and share > 0):
+            raise UserError(f"--levels {text!r}: share {fields[1]} of grid {grid} must be a positive fraction")
+        if batch <= 0:
+            raise UserError(f"--levels {text!r}: batch size {batch} of grid {grid} must be positive")
+        levels.append(Level(grid, share, batch))
+    grids = [level.grid for level in levels]
+    if any(coarse >= fine for coarse, fine in zip(grids, grids[1:])):
+        raise UserError(f"--levels {text!r}: the grids must rise from coarse to fine, got {grids}")
+    if grids[-1] != n0:
+        raise UserError(f"--levels {text!r}: the last grid must be the training grid --input_height {n0}, "
+                        f"got {grids[-1]}")
+    total = sum(level.share for level in levels)
+    if abs(total - 1) > 1e-6:
+        raise UserError(f"--levels {text!r}: the shares must sum to 1, they sum to {total:g}")
+    return levels
 
 
 def prior_options(config):
@@ -216,7 +285,9 @@ class Run:
         overrides = models.parse_model_args(config.model_arg)
         self.model_kwargs = models.model_kwargs(config.model, config.profile, overrides)
         self.model = sde.ScoreModel(models.build_model(config.model, **self.model_kwargs),
-                                    config.parametrization, self.prior.pixel_variance()).to(device)
+                                    config.parametrization, self.prior.pixel_variance(),
+                                    grid_conditioning=config.grid_conditioning,
+                                    grid_variance=self.prior.pixel_variance).to(device)
         self.ema = None
         if config.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(
@@ -232,6 +303,93 @@ class Run:
         self.epoch, self.step, self.best_mmd, self.history = 0, 0, math.inf, []
         self.train_seconds = 0.0  # time spent in training steps (validation not counted), for --minutes
         self.data_source, self.train_images = None, None  # where the training images came from, how many
+        self.levels = parse_levels(config.levels, config.input_height, config.batch_size)
+        self.level_index = 0  # the level the last step trained on
+        self.level_stats = [{"grid": level.grid, "batch_size": level.batch_size, "steps": 0, "seconds": 0.0}
+                            for level in self.levels]
+        self.trace, self._pending = [], None  # the training loss against time, TRACE_EVERY steps a point
+        self.level_end_steps = None  # without --minutes: the step at which each level ends (plan_levels)
+
+    def plan_levels(self, num_images):
+        """Without --minutes, level i trains share_i x n_epochs epochs of its own batches: it ends at
+        the step level_end_steps[i] (cumulative). One level: n_epochs x its batches per epoch."""
+        ends, total = [], 0
+        for level in self.levels:
+            batches = len(global_batches(num_images, level.batch_size, self.dist.world))
+            total += round(level.share * self.config.n_epochs * batches)
+            ends.append(total)
+        self.level_end_steps = ends
+
+    @property
+    def planned_steps(self):
+        return max(1, self.level_end_steps[-1])
+
+    def run_fraction(self):
+        """Fraction of the run done: of --minutes if set, else of the planned steps."""
+        if self.config.minutes > 0:
+            return self.train_seconds / (60 * self.config.minutes)
+        return self.step / self.planned_steps
+
+    def level_now(self):
+        """Index of the level the next step trains on: by the minutes spent (--minutes) or the steps."""
+        if self.config.minutes > 0:
+            done, ends = self.run_fraction(), list(itertools.accumulate(level.share for level in self.levels))
+        else:
+            done, ends = self.step, self.level_end_steps
+        return next((i for i, end in enumerate(ends[:-1]) if done < end), len(self.levels) - 1)
+
+    def schedule_progress(self):
+        """Fraction of the learning-rate schedule done: of the run, or with --level_lr final (and more
+        than one level) of the final level, 0 before it."""
+        done = self.run_fraction()
+        if len(self.levels) == 1 or self.config.level_lr == "global":
+            return done
+        start = (1 - self.levels[-1].share if self.config.minutes > 0
+                 else self.level_end_steps[-2] / self.planned_steps)
+        return max(0.0, (done - start) / (1 - start))
+
+    def enter_level(self):
+        """The Level of the next step; at a switch the EMA restarts (--level_ema restart) and a line says so."""
+        index = self.level_now()
+        if index != self.level_index:
+            self._flush_trace()
+            self.level_index = index
+            if self.ema is not None and self.config.level_ema == "restart":
+                self.ema.n_averaged.zero_()  # the next update copies the weights, then warms up again
+            if self.dist.is_main:
+                level = self.levels[index]
+                tqdm.write(f"level {index + 1}/{len(self.levels)}: grid {level.grid}, batch {level.batch_size}, "
+                           f"from step {self.step} ({self.train_seconds / 60:.1f} min of training)")
+        return self.levels[index]
+
+    TRACE_EVERY = 25
+
+    def record_step(self, seconds, loss):
+        """Count the step for its level, and the loss in the trace (a point per TRACE_EVERY steps)."""
+        stats = self.level_stats[self.level_index]
+        stats["steps"] += 1
+        stats["seconds"] += seconds
+        if self._pending is None:
+            self._pending = {"grid": self.levels[self.level_index].grid, "steps": 0, "loss": 0.0}
+        self._pending["steps"] += 1
+        self._pending["loss"] += loss
+        if self._pending["steps"] == self.TRACE_EVERY:
+            self._flush_trace()
+
+    def _flush_trace(self):
+        """Close the trace's open point: the mean loss of its steps, at the step and minutes it ends."""
+        if self._pending:
+            steps = self._pending["steps"]
+            self.trace.append({"step": self.step, "minutes": self.train_seconds / 60, "grid": self._pending["grid"],
+                               "steps": steps, "loss": self._pending["loss"] / steps})
+        self._pending = None
+
+    @property
+    def finished(self):
+        """--minutes: the budget is spent or --n_epochs reached; otherwise the planned steps are done."""
+        if self.config.minutes > 0:
+            return self.budget_spent or self.epoch >= self.config.n_epochs
+        return self.step >= self.planned_steps
 
     def _adopt_optimizer_layouts(self):
         """Adam's moments saved for a parameter whose layout has changed since (the FNO's spectral
@@ -245,12 +403,6 @@ class Run:
     @property
     def budget_spent(self):
         return self.config.minutes > 0 and self.train_seconds >= 60 * self.config.minutes
-
-    def progress(self, steps_per_epoch):
-        """Fraction of the run done: of --minutes if set, else of --n_epochs."""
-        if self.config.minutes > 0:
-            return self.train_seconds / (60 * self.config.minutes)
-        return self.step / max(1, self.config.n_epochs * steps_per_epoch)
 
     @property
     def sampling_model(self):
@@ -275,6 +427,9 @@ class Run:
             "train_seconds": self.train_seconds,
             "best_mmd": self.best_mmd,
             "history": self.history,
+            "level_index": self.level_index,
+            "level_stats": self.level_stats,
+            "trace": self.trace,
             "rng": {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state(),
                     "torch": torch.get_rng_state()},
             "versions": versions(),
@@ -291,6 +446,12 @@ class Run:
         # checkpoints from before the budget existed: the epochs' seconds (validation included)
         self.train_seconds = state.get("train_seconds", sum(float(row["seconds"]) for row in state["history"]))
         self.best_mmd, self.history = state["best_mmd"], list(state["history"])
+        self.level_index = state.get("level_index", 0)  # checkpoints from before multilevel training: one level
+        if "level_stats" in state:
+            self.level_stats = [dict(stats) for stats in state["level_stats"]]
+        else:
+            self.level_stats[0].update(steps=self.step, seconds=self.train_seconds)
+        self.trace = list(state.get("trace", []))
         self.data_generator.set_state(state["rng"]["data"])
         self.noise_generator.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -335,30 +496,40 @@ def global_batches(num_images, batch_size, world):
     return range(0, end, step)
 
 
-def train_epoch(run, images, progress=True):
-    """One pass over `images` in a seeded order; returns (mean loss, mean grad norm).
+def train_epoch(run, level_images, progress=True):
+    """One pass over the training images in a seeded order; returns (mean loss, mean grad norm).
 
-    Every rank draws the same permutation (the role of a DistributedSampler with
-    set_epoch) and takes slice `rank` of each global batch; the noise is drawn for the
-    global batch and sliced the same way (sde.dsm_loss), so W processes with batch B
-    follow the same trajectory as one process with batch W * B.
+    level_images: {grid: the training images on that grid}; each batch is taken on the grid of the
+    level the run is in (Run.enter_level), with that level's batch size, and its noise is drawn at n0
+    and truncated to the grid (sde.dsm_loss's noise_grid). Every rank draws the same permutation
+    (the role of a DistributedSampler with set_epoch) and takes slice `rank` of each global batch;
+    the noise is drawn for the global batch and sliced the same way (sde.dsm_loss), so W processes
+    with batch B follow the same trajectory as one process with batch W * B. Under torchrun an
+    incomplete last global batch is dropped (`global_batches`).
     """
     config, dist = run.config, run.dist
-    order = torch.randperm(len(images), generator=run.data_generator)
+    num_images = len(level_images[config.input_height])
+    order = torch.randperm(num_images, generator=run.data_generator)
     losses, norms = [], []
     run.epoch_loads = []  # the CPU's load at every step: a short overlap with other work shows too
     run.model.train()
-    batches = global_batches(len(images), config.batch_size, dist.world)
-    bar = progress_bar(batches, leave=False, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="batch",
+    bar = progress_bar(total=num_images, leave=False, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="img",
                        disable=not (progress and dist.is_main))
-    for start in bar:
+    position = 0
+    while position < num_images:
+        level = run.enter_level()
+        global_batch = level.batch_size * dist.world
+        if dist.world > 1 and num_images - position < global_batch:
+            break
         started = training_clock()
-        chunk = order[start:start + config.batch_size * dist.world]
+        chunk = order[position:position + global_batch]
+        position += len(chunk)
         share = math.ceil(len(chunk) / dist.world)
+        images = level_images[level.grid]
         x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bool(config.amp)):
             loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world),
-                                t_sampling=config.t_sampling)
+                                t_sampling=config.t_sampling, noise_grid=config.input_height)
         if _injected_fault(run.step + 1):
             loss = loss * math.nan
         mean_loss = dist.mean(loss.item())
@@ -373,19 +544,23 @@ def train_epoch(run, images, progress=True):
             raise TrainingDiverged(f"gradient norm is {norm.item()} at step {run.step + 1} (epoch "
                                    f"{run.epoch + 1}); stopped, the last checkpoint is untouched")
         for group in run.optimizer.param_groups:
-            group["lr"] = learning_rate(config, run.step, run.progress(len(batches)))
+            group["lr"] = learning_rate(config, run.step, run.schedule_progress())
         run.optimizer.step()
         if run.ema is not None:
             run.ema.update_parameters(run.model)
         run.step += 1
-        run.train_seconds += dist.max(training_clock() - started)  # the ranks agree on the budget
+        seconds = dist.max(training_clock() - started)  # the ranks agree on the budget
+        run.train_seconds += seconds
+        run.record_step(seconds, mean_loss)
         losses.append(mean_loss)
         norms.append(norm.item())
         run.epoch_loads.append(cpu_load())
+        bar.update(len(chunk))
         # refresh=False: the bar shows it at its next update, so a log gets no line per batch
-        bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}", refresh=False)
-        if run.budget_spent:  # the epoch ends early; run_epoch validates and checkpoints
+        bar.set_postfix(loss=f"{losses[-1]:.2f}", grad=f"{norms[-1]:.2f}", grid=level.grid, refresh=False)
+        if run.finished:  # the budget or the planned steps end inside the epoch; run_epoch validates
             break
+    bar.close()
     return sum(losses) / len(losses), sum(norms) / len(norms)
 
 
@@ -548,6 +723,10 @@ def train(config, argv=()):
         check_same_data(saved, source, len(train_images), folder)
     run = Run(config, device, dist)
     run.data_source, run.train_images = source, len(train_images)
+    run.plan_levels(len(train_images))
+    # every level's images: the n0 training images reduced to its grid (data.reduce_to_grid)
+    level_images = {level.grid: data.reduce_to_grid(train_images, level.grid) if level.grid != config.input_height
+                    else train_images for level in run.levels}
     run.val_floor = validation_floor(train_images, val_low, config.seed) if dist.is_main else None
     if saved is not None:
         run.load_state(saved)
@@ -557,7 +736,7 @@ def train(config, argv=()):
                     "parameters": models.count_parameters(run.model), "data": source,
                     "train_images": len(train_images), "world_size": dist.world,
                     "global_batch": config.batch_size * dist.world, "val_floor_n0": run.val_floor,
-                    "versions": versions()},
+                    "levels": [dataclasses.asdict(level) for level in run.levels], "versions": versions()},
                    os.path.join(folder, "config.json"))
     say(dist, f"{config.model} ({models.count_parameters(run.model):,} parameters), prior "
               f"{config.prior_name}, {len(train_images)} training images, device {device}, "
@@ -565,10 +744,16 @@ def train(config, argv=()):
     if dist.is_main:
         say(dist, f"validation floor at {config.input_height}: {run.val_floor:.4f} (real vs real, "
                   f"n = {len(val_low)}, mean of 4 draws of training images)")
-    while run.epoch < config.n_epochs and not run.budget_spent:
-        run_epoch(run, train_images, val_low, val_high, folder)
+    if len(run.levels) > 1:
+        say(dist, "levels: " + ", ".join(f"{level.grid} ({level.share:g} of the {'minutes' if config.minutes > 0 else 'epochs'}, "
+                                         f"batch {level.batch_size})" for level in run.levels))
+    while not run.finished:
+        run_epoch(run, level_images, val_low, val_high, folder)
     say(dist, f"done: {folder} ({run.step} steps, {run.train_seconds / 60:.1f} min of training"
               f"{', the budget' if run.budget_spent else ''}; best MMD at {config.input_height}: {run.best_mmd:.4f})")
+    if len(run.levels) > 1:
+        say(dist, "steps per level: " + ", ".join(f"{s['grid']}: {s['steps']} steps in {s['seconds'] / 60:.1f} min"
+                                                  for s in run.level_stats))
     dist.stop()
     run.folder = folder
     return run
@@ -598,21 +783,23 @@ def prepare_run_folder_on_main(config, argv, dist):
     return folder, state
 
 
-def run_epoch(run, train_images, val_low, val_high, folder):
+def run_epoch(run, level_images, val_low, val_high, folder):
     """Train one epoch, validate if due, log, and write the checkpoints (rank 0)."""
     config, dist = run.config, run.dist
     started = time.time()
     try:
-        loss, grad_norm = train_epoch(run, train_images, bool(config.progress))
+        loss, grad_norm = train_epoch(run, level_images, bool(config.progress))
     except TrainingDiverged as error:
         raise UserError(str(error))
     run.epoch += 1
-    row = {"epoch": run.epoch, "step": run.step, "loss": loss, "grad_norm": grad_norm,
+    run._flush_trace()  # the trace's points end at epoch ends too, so a resumed run repeats them
+    row = {"epoch": run.epoch, "step": run.step, "grid": run.levels[run.level_index].grid, "loss": loss,
+           "grad_norm": grad_norm,
            "seconds": time.time() - started, "mmd_n0": "", "mmd_2n0": "",
            "lr": run.optimizer.param_groups[0]["lr"], "train_minutes": run.train_seconds / 60,
            "load_1min": peak_load(run.epoch_loads + [cpu_load()])}
     improved = False
-    last = run.epoch == config.n_epochs or run.budget_spent
+    last = run.finished
     if last or (config.val_every and run.epoch % config.val_every == 0):
         row.update(validate_run(run, val_low, val_high, folder))
         row["seconds"] = time.time() - started  # training and validation

@@ -73,14 +73,33 @@ class ScoreModel(nn.Module):
     """
 
     PARAMETRIZATIONS = ("noise", "score", "edm")
+    GRID_CONDITIONINGS = ("physical", "pixel")
 
-    def __init__(self, net, parametrization="noise", noise_variance=1.0, sigma_data=SIGMA_DATA):
+    def __init__(self, net, parametrization="noise", noise_variance=1.0, sigma_data=SIGMA_DATA,
+                 grid_conditioning="physical", grid_variance=None):
         super().__init__()
         if parametrization not in self.PARAMETRIZATIONS:
             raise ValueError(f"unknown parametrization {parametrization!r}: expected one of "
                              f"{', '.join(self.PARAMETRIZATIONS)}")
+        if grid_conditioning not in self.GRID_CONDITIONINGS:
+            raise ValueError(f"unknown grid conditioning {grid_conditioning!r}: expected one of "
+                             f"{', '.join(self.GRID_CONDITIONINGS)}")
+        if grid_conditioning == "pixel" and grid_variance is None:
+            raise ValueError("grid_conditioning 'pixel' needs grid_variance (the prior's pixel_variance)")
         self.net, self.parametrization = net, parametrization
         self.noise_variance, self.sigma_data = float(noise_variance), float(sigma_data)
+        self.grid_conditioning = grid_conditioning
+        self.grid_variance = grid_variance  # n -> pixel variance of the prior's noise on the n-grid
+        self._variance_ratios = {}
+
+    def variance_ratio(self, n):
+        """r^2(n) = v(n) / v(n0): the prior's pixel variance on the n-grid over the training grid's
+        (1 at n0; (n / n0)^2 for white noise); 1 under 'physical' conditioning, where it is not used."""
+        if self.grid_conditioning == "physical":
+            return 1.0
+        if n not in self._variance_ratios:
+            self._variance_ratios[n] = self.grid_variance(n) / self.noise_variance
+        return self._variance_ratios[n]
 
     def preconditioning(self, t):
         """(c_in, c_skip, c_out) of the 'edm' parametrization at times t, per image."""
@@ -89,6 +108,23 @@ class ScoreModel(nn.Module):
         return total.rsqrt(), self.sigma_data**2 / total, sigma2.sqrt() * self.sigma_data / total.sqrt()
 
     def forward(self, y, t):
+        """a(y, t) on the grid of y. Under grid_conditioning 'physical' (default) the network sees t on
+        every grid: the same physical noise level, whose pixel variance v(n) = r^2 v(n0) changes with
+        the grid. Under 'pixel', off the training grid n0 it sees the problem as one at n0: with
+        x~ = y / m = X_0 + sigma eta and eta of pixel variance r^2 v(n0), x~ is an n0-type draw at
+        sigma_e = r sigma, so the network denoises y_e = m(t_e) x~ at t_e = t(sigma_e), and
+            a(y, t) = g (m D - y) / s^2,   D = E[X_0 | X_t = y] = the n0 denoiser at (y_e, t_e)
+        (Tweedie). At n0 both are the same map."""
+        ratio = self.variance_ratio(y.shape[-1])
+        if ratio == 1.0:
+            return self._score(y, t)
+        m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
+        t_e = t_of_sigma(sigma_of_t(t) * math.sqrt(ratio))
+        denoised = tweedie_denoise(self._score, y * (_per_image(mean_coef(t_e)) / m), t_e)
+        return g * (m * denoised - y) / s**2
+
+    def _score(self, y, t):
+        """a(y, t) of the parametrization, with the network conditioned on t as given."""
         if self.parametrization == "edm":
             m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
             c_in, c_skip, c_out = self.preconditioning(t)
@@ -101,9 +137,14 @@ class ScoreModel(nn.Module):
         t = t.to(out.dtype)
         return -(beta(t).sqrt() / noise_std(t)).reshape(-1, 1, 1, 1) * out
 
-    def loss_weight(self, t):
-        """Per-image weight of the denoising loss 1/2 |a s / g + eta|^2 = 1/2 |D - X_0|^2 / sigma^2:
-        1, except for 'edm', where sigma^2 / c_out^2 makes it 1/2 |net - its target|^2."""
+    def loss_weight(self, t, grid=None):
+        """Per-image weight of the denoising loss 1/2 |a s / g + eta|^2 = 1/2 |D - X_0|^2 / sigma^2 on
+        the grid `grid` (default n0): 1, except for 'edm', where sigma^2 / c_out^2 makes it
+        1/2 |net - its target|^2. Under 'pixel' conditioning off n0 the network answers at t_e, where
+        |D - X_0|^2 / sigma^2 = r^2 |D - X_0|^2 / sigma_e^2: the n0 weight at t_e over r^2."""
+        ratio = 1.0 if grid is None else self.variance_ratio(grid)
+        if ratio != 1.0:
+            return self.loss_weight(t_of_sigma(sigma_of_t(t) * math.sqrt(ratio))) / ratio
         if self.parametrization != "edm":
             return torch.ones_like(t)
         c_out = self.preconditioning(t)[2].reshape(-1)
@@ -133,7 +174,8 @@ def training_times(count, generator=None, t_sampling="uniform", noise_variance=1
     return t_of_sigma(sigma_v / math.sqrt(noise_variance)).clamp(t_eps, 1.0)
 
 
-def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_sampling="uniform"):
+def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_sampling="uniform",
+             noise_grid=None):
     """Denoising score-matching loss, summed over pixels, averaged over the batch.
 
     t from `training_times` per image (t_sampling 'uniform': t ~ U(t_eps, 1); 'lognormal': EDM's
@@ -144,6 +186,9 @@ def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_
     shard=(rank, world): x0 is slice `rank` of a global batch of world * len(x0) images;
     t and eta are drawn for the whole global batch (the generator is shared by all
     ranks) and sliced, so W processes reproduce one process with batch W * len(x0).
+    noise_grid: a grid finer than x0's (a coarse level of multilevel training): eta is drawn there and
+    Fourier-truncated to x0's grid (`truncate_noise`, the law of the `resample` protocol), so X_t on
+    the coarse grid is the truncation of X_t on the fine one.
     """
     rank, world = shard
     batch = x0.shape[0]
@@ -152,21 +197,21 @@ def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_
     variance = prior.pixel_variance() if t_sampling == "lognormal" else 1.0
     t = training_times(world * batch, generator, t_sampling, variance, t_eps)
     t = t[mine].to(device=x0.device, dtype=x0.dtype)
-    eta = prior.sample((world * batch, *x0.shape[1:]), generator, x0.device, x0.dtype)[mine]
+    eta = _draw_noise(prior, (world * batch, *x0.shape[1:]), noise_grid, generator, x0.device, x0.dtype)[mine]
     m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
     x_t = m * x0 + s * eta
     residual = score_net(x_t, t) * s / g + eta
     model = getattr(score_net, "module", score_net)  # DistributedDataParallel wraps the ScoreModel
-    weight = model.loss_weight(t) if hasattr(model, "loss_weight") else torch.ones_like(t)
+    weight = model.loss_weight(t, x0.shape[-1]) if hasattr(model, "loss_weight") else torch.ones_like(t)
     return 0.5 * (weight * residual.pow(2).flatten(1).sum(1)).mean()
 
 
-def _draw_noise(prior, shape, noise_grid, generator, device):
+def _draw_noise(prior, shape, noise_grid, generator, device, dtype=torch.float32):
     """Prior noise for a grid of `shape`, drawn on the noise_grid and truncated if finer."""
     n = shape[-1]
     if noise_grid is None or noise_grid == n:
-        return prior.sample(shape, generator, device)
-    fine = prior.sample((*shape[:-2], noise_grid, noise_grid), generator, device)
+        return prior.sample(shape, generator, device, dtype)
+    fine = prior.sample((*shape[:-2], noise_grid, noise_grid), generator, device, dtype)
     return truncate_noise(fine, n)
 
 

@@ -89,6 +89,11 @@ def build_parser():
                              "em, one for the others); default: 0 for em (as the reference), "
                              "1 for the others. A sampler that runs on a grid finer than n0 "
                              "('native-bl', 'native') always ends with it")
+    parser.add_argument("--grid_conditioning", default=None, choices=list(sde.ScoreModel.GRID_CONDITIONINGS),
+                        help="what the network is told when it runs on a grid other than its training grid "
+                             "(raw 'native' sampling): 'physical' the time t, 'pixel' the grid's per-pixel noise "
+                             "level; default: the run's own (main.py --grid_conditioning). At n0, and in "
+                             "resample and native-bl mode, both are the same")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed (also picks the real images); sample i depends only on "
                              "(seed, i), not on the batch size")
@@ -134,12 +139,16 @@ def resolve_checkpoint(name, out_dir, which):
                     f"--out_dir {out_dir}")
 
 
-def restore(state, device, weights="ema"):
-    """(score network in eval mode, prior, training config) from a checkpoint dict."""
+def restore(state, device, weights="ema", grid_conditioning=None):
+    """(score network in eval mode, prior, training config) from a checkpoint dict; grid_conditioning
+    (None: the run's own, 'physical' for runs from before the option) says what the network is told
+    on grids other than n0 (sde.ScoreModel)."""
     prior = priors.prior_from_config(state["prior_config"])
     prior.load_state_dict(state["prior"])
     net = models.build_model(state["model_name"], **state["model_kwargs"])
-    model = sde.ScoreModel(net, state["config"]["parametrization"], prior.pixel_variance())
+    conditioning = grid_conditioning or state["config"].get("grid_conditioning", "physical")
+    model = sde.ScoreModel(net, state["config"]["parametrization"], prior.pixel_variance(),
+                           grid_conditioning=conditioning, grid_variance=prior.pixel_variance)
     if weights == "ema" and state.get("ema") is not None:
         ema_weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         model.load_state_dict(ema_weights)
@@ -164,12 +173,18 @@ def resolutions(args, n0):
     return sorted(({k * n0 for k in upscale} | set(args.resolution or [])) - {n0})
 
 
+MIN_SAMPLES = frechet.NEAREST + 1  # the fewest samples every figure of a row is defined for
+
+
 def validate(args, n0_saved, test_size):
     for name in ("num_samples_mmd", "num_steps"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.num_samples_mmd < MIN_SAMPLES:
+        raise UserError(f"--num_samples_mmd must be at least {MIN_SAMPLES}, got {args.num_samples_mmd} (precision "
+                        f"and recall need more than k = {frechet.NEAREST} samples, the Frechet distance a covariance)")
     if args.sampler in sde.SIGMA_GRID_SAMPLERS and not tweedie_flag(args) and args.num_steps < 2:
         raise UserError(f"--num_steps must be >= 2 for --sampler {args.sampler} with --tweedie 0 "
                         "(one step would return the starting noise)")
@@ -183,8 +198,8 @@ def validate(args, n0_saved, test_size):
         raise UserError(f"--input_height {args.input_height} does not match the checkpoint's "
                         f"training resolution {n0_saved}")
     native = args.num_samples_native or args.num_samples_mmd
-    if native <= 0:
-        raise UserError(f"--num_samples_native must be a positive integer, got {native}")
+    if native < MIN_SAMPLES:
+        raise UserError(f"--num_samples_native must be at least {MIN_SAMPLES}, got {native} (as --num_samples_mmd)")
     if max(args.num_samples_mmd, native) > test_size:
         raise UserError(f"--num_samples_mmd {max(args.num_samples_mmd, native)} is larger than the "
                         f"{test_size} MNIST test images available")
@@ -248,19 +263,11 @@ def load_critic(path):
     return frechet.load_classifier(path)[0], path
 
 
-def frechet_figures(critic, samples, real_a, real_b):
-    """FD of samples against real_b, the real-vs-real FD floor real_a vs real_b, class histogram."""
-    sample_features, labels = frechet.apply(critic, samples)
-    a_features, b_features = frechet.apply(critic, real_a)[0], frechet.apply(critic, real_b)[0]
-    return {"fd": frechet.frechet_distance(sample_features, b_features),
-            "fd_floor": frechet.frechet_distance(a_features, b_features),
-            "class_histogram": frechet.class_histogram(labels)}
-
-
 def score(samples, refs, resolution, count, critic=None):
     """MMD of samples on the N-grid (N = resolution), MMD * n0 / N, the real-vs-real floor and
-    (at N > n0) the upsample oracles, same n; with a classifier also the Frechet distance, its
-    floor and the class histogram."""
+    (at N > n0) the upsample oracles, same n; with a classifier, on grids it reads (multiples of its
+    own), also its figures (frechet.classifier_figures: FD, confident share, class entropy,
+    precision, recall, Vendi, each with its floor, and the class histogram)."""
     test_low, test_high = refs.images("test", count, resolution)
     train_low, train_high = refs.images("train", count, resolution)
     scale = refs.n0 / resolution  # the Riesz MMD of the same images grows like N
@@ -270,8 +277,8 @@ def score(samples, refs, resolution, count, critic=None):
         for interp in ("fourier", "bicubic"):
             row[f"oracle_{interp}"] = riesz_mmd(resample(train_low, resolution, interp).clamp(0, 1), test_high)
         row["oracle_fourier_scaled"] = row["oracle_fourier"] * scale
-    if critic is not None:
-        row.update(frechet_figures(critic, samples[:count], train_high, test_high))
+    if critic is not None and resolution % critic.n0 == 0:
+        row.update(frechet.classifier_figures(critic, samples[:count], train_high, test_high))
     return row
 
 
@@ -283,12 +290,12 @@ NATIVE_NOTE = ("note: 'native' runs the network trained at {n0} on the {n}x{n} g
 def evaluate(args, state, device, folder, critic=None):
     """All requested figures as a list of dicts; grids written to `folder`."""
     resolve_sampler(args, state["model_name"])  # callers that parsed test.py's flags themselves
-    model, prior, config = restore(state, device, args.weights)
+    model, prior, config = restore(state, device, args.weights, getattr(args, "grid_conditioning", None))
     n0 = config["input_height"]
     if critic is not None and n0 % critic.n0:
         print(f"note: the classifier reads {critic.n0}x{critic.n0} images, this model makes {n0}x{n0}; "
-              f"Frechet distance skipped")
-        critic = None
+              f"its figures (FD, confident share, precision, recall, Vendi) are given on the grids that are "
+              f"multiples of {critic.n0} only")
     refs = References(args.data_root, n0, args.seed)
     native_count = args.num_samples_native or args.num_samples_mmd
     batch_size = args.batch_size or None
@@ -344,18 +351,26 @@ def side_by_side(rows, folder):
 
 
 def markdown_table(rows):
+    """Every row's figures, a classifier figure as 'value (floor)': the floor is real train digits
+    against the same real test digits, at the same n."""
     lines = ["| N | mode | n | MMD | MMD n0/N | real-vs-real floor | oracle (Fourier) | oracle (bicubic) "
-             "| FD | FD floor | digits 0-9 | sampling s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| FD (floor) | confident (floor) | precision (floor) | recall (floor) | Vendi (floor) "
+             "| class entropy bits (floor) | digits 0-9 | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(r, key, digits=4):
         return f"{r[key]:.{digits}f}" if key in r else "-"
+
+    def with_floor(r, key, digits):
+        return f"{r[key]:.{digits}f} ({r[key + '_floor']:.{digits}f})" if key in r else "-"
 
     for r in rows:
         histogram = " ".join(map(str, r["class_histogram"])) if "class_histogram" in r else "-"
         lines.append(f"| {r['resolution']} | {r['mode']} | {r['n']} | {r['mmd']:.4f} | {r['mmd_scaled']:.4f} | "
                      f"{r['floor_real']:.4f} | {fmt(r, 'oracle_fourier')} | {fmt(r, 'oracle_bicubic')} | "
-                     f"{fmt(r, 'fd', 2)} | {fmt(r, 'fd_floor', 2)} | {histogram} | {r['sample_seconds']:.0f} |")
+                     f"{with_floor(r, 'fd', 2)} | {with_floor(r, 'confident', 3)} | {with_floor(r, 'precision', 3)} | "
+                     f"{with_floor(r, 'recall', 3)} | {with_floor(r, 'vendi', 2)} | {with_floor(r, 'class_entropy', 2)} "
+                     f"| {histogram} | {r['sample_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -380,7 +395,8 @@ def main(argv=None):
     side_by_side(rows, folder)
     batch_size = args.batch_size or "auto"
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
-              "seed": args.seed, "sampler": args.sampler, "num_steps": args.num_steps,
+              "seed": args.seed, "sampler": args.sampler,
+              "grid_conditioning": args.grid_conditioning or state["config"].get("grid_conditioning", "physical"), "num_steps": args.num_steps,
               "tweedie": tweedie_flag(args),
               "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, tweedie_flag(args)),
               "batch_size": batch_size, "device": str(device), "data": source, "data_root": args.data_root,

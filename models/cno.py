@@ -181,7 +181,7 @@ class LiftProjectBlock(nn.Module):
 
 
 class CNO(nn.Module):
-    """a(y, t): (B, in_channels, n, n), (B,) -> (B, out_channels, n, n), any n >= 8.
+    """a(y, t): (B, in_channels, n, n), (B,) -> (B, out_channels, n, n), any n >= 4.
 
     Channels: the lift gives c_lift = lift_channels; down block i gives
     c_{i+1} = channel_multiplier * 2**i. Sizes: s_i = n_lat / 2**i on level i.
@@ -232,8 +232,8 @@ class CNO(nn.Module):
         return self.latent_multiple * math.ceil(n / self.latent_multiple)
 
     def forward(self, x, t):
-        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] < 8:
-            raise ValueError(f"expected x of shape (B, C, n, n) with n >= 8, got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] < 4:
+            raise ValueError(f"expected x of shape (B, C, n, n) with n >= 4, got {tuple(x.shape)}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(x.shape[0])

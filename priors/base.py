@@ -73,10 +73,21 @@ class FourierPrior(nn.Module):
     def config(self):
         return {"name": self.name, "n0": self.n0, **self.options()}
 
-    def pixel_variance(self):
-        """Variance of a pixel of A z at n0: (1/n0^2) sum_k |lambda(k)|^2 (each DFT mode of the
-        consistent white noise has variance 1/n0^2 there)."""
-        return float(self.multiplier(self.n0).abs().pow(2).sum() / self.n0**2)
+    def pixel_variance(self, n=None):
+        """Variance of a pixel of the noise on the n-grid (default n0), as the project draws it there:
+        (1/n0^2) sum_k |lambda(k)|^2 (each DFT mode of the consistent white noise has variance 1/n0^2 on
+        every grid). From n0 up, A z drawn on the n-grid (its own lambda, the n-grid's modes); below n0, an
+        n0 draw truncated to n (`resample.truncate_noise`, the noise of a coarse training level): n0's
+        lambda on the modes |k_i| <= n/2, a folded Nyquist pair +-n/2 counting half per axis (its two modes
+        share one bin at gain 1/sqrt(2)). The two agree but for the stencil Laplacian, whose lambda
+        depends on h. For `standard`: (n / n0)^2, a coarse grid's noise pixel is the mean of a cell's."""
+        n = self.n0 if n is None else int(n)
+        if n >= self.n0:
+            return float(self.multiplier(n).abs().pow(2).sum() / self.n0**2)
+        k = wavenumbers(self.n0).to(torch.float64).abs()
+        axis = torch.where(k == n / 2, 0.5, (k <= n / 2).to(torch.float64))
+        weight = axis[:, None] * axis[None, :]
+        return float((weight * self.multiplier(self.n0).abs().pow(2)).sum() / self.n0**2)
 
     def multiplier(self, n, device=None):
         """lambda on the full n x n DFT grid (FFT order), complex128 on `device`."""

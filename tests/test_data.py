@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
 import data
+from resample import fourier_resample
 
 
 def test_offline_loader_falls_back_to_the_bundled_digits(tmp_path, capsys):
@@ -166,7 +169,35 @@ def test_a_partial_or_broken_mnist_folder_is_named_with_what_it_holds(tmp_path, 
     data._CACHE.clear()
 
 
-def test_a_small_training_grid_downsamples_with_antialiasing():
-    """n0 = 8: Resize(16) shrinks the 28-pixel digits, where antialiasing matters."""
+def test_a_coarse_training_grid_holds_the_28_images_reduced_by_fourier_truncation():
+    """Below MNIST's 28 the training images are the 28 transform's band |k| <= n/2, sampled at the
+    coarse grid's pixel centres; above it the reference pipeline, antialiased."""
     digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True).images[:4]
-    assert torch.allclose(data.training_images(digits, 8), reference_pipeline(digits, 16, 2), atol=1e-6)
+    fine = data.training_images(digits, 28)
+    for n in (14, 7, 8):
+        coarse = data.training_images(digits, n)
+        assert coarse.shape == (4, 1, n, n)
+        assert torch.allclose(coarse, fourier_resample(fine, n), atol=1e-6)
+        # the band a coarse grid holds survives: interpolated back and reduced again, nothing changes
+        assert torch.allclose(fourier_resample(fourier_resample(coarse, 28), n), coarse, atol=1e-5)
+    cell_averages = torch.nn.functional.avg_pool2d(fine, 2)
+    assert (data.training_images(digits, 14) - cell_averages).abs().max() > 0.05  # not the other rule
+    assert torch.allclose(data.training_images(digits, 32), reference_pipeline(digits, 64, 2), atol=1e-6)
+
+
+def test_reduce_to_grid_samples_a_band_limited_function_exactly_at_the_coarse_pixel_centres():
+    """u(x, y) = cos(2 pi (3 x + 1)) sin(2 pi 2 y) + 0.5 has band 3 < 14/2: on the 14 grid its exact samples."""
+    def samples(n):
+        x = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        return (torch.cos(2 * math.pi * (3 * x[:, None] + 1)) * torch.sin(2 * math.pi * 2 * x[None, :]) + 0.5)[None, None]
+    assert torch.allclose(data.reduce_to_grid(samples(28), 14), samples(14), atol=1e-10)
+    assert torch.allclose(data.reduce_to_grid(samples(28), 7), samples(7), atol=1e-10)
+
+
+def test_references_on_a_grid_finer_than_the_training_grid_are_the_real_digits_up_to_28():
+    """A model trained at 14 is scored at 28 against the 28 training transform (real detail), and above
+    28 against the bilinear resize, as a 28 model is."""
+    digits = data.load_mnist("/nonexistent-mnist-root", train=False, quiet=True).images[:3]
+    low, high = data.evaluation_images(digits, 14, 28)
+    assert torch.equal(low, data.training_images(digits, 14)) and torch.equal(high, data.training_images(digits, 28))
+    assert torch.equal(data.evaluation_images(digits, 14, 56)[1], data.evaluation_images(digits, 28, 56)[1])

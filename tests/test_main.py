@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import data
 import main
 import sde
 from test import restore
@@ -136,7 +137,18 @@ BAD_FLAGS = [
     (["--n_epochs", "0"], "--n_epochs"),
     (["--batch_size", "-4"], "--batch_size"),
     (["--lr", "0"], "--lr"),
-    (["--input_height", "4"], "--input_height"),
+    (["--input_height", "3"], "--input_height"),
+    (["--levels", "14:0.5,28:0.4"], "--levels"),  # shares that do not sum to 1
+    (["--levels", "28:0.5,14:0.5"], "--levels"),  # grids that fall
+    (["--levels", "14:0.5,14:0.5"], "--levels"),
+    (["--levels", "2:0.5,28:0.5"], "--levels"),  # a grid below 4
+    (["--levels", "14:0.5,20:0.5"], "--levels"),  # not ending at --input_height
+    (["--levels", "14-0.5,28:0.5"], "--levels"),
+    (["--levels", "14:0.5:0,28:0.5"], "--levels"),
+    (["--levels", "14:nan,28:0.5"], "--levels"),
+    (["--levels", "14:-0.5,28:1.5"], "--levels"),
+    (["--level_ema", "keep"], "--level_ema"),
+    (["--grid_conditioning", "cells"], "--grid_conditioning"),
     (["--ema_decay", "1.5"], "--ema_decay"),
     (["--prior_name", "matern", "--matern_s", "0.5"], "--matern_s"),
     (["--model_arg", "no_such=1"], "--model_arg"),
@@ -403,3 +415,107 @@ def test_a_training_log_gets_no_progress_line_per_batch(tmp_path, capsys):
     assert code == 0, err
     epoch_bar = [part for part in err.split("\r") if part.startswith("epoch 1/1")]
     assert 1 <= len(epoch_bar) <= 3, epoch_bar
+
+
+# ---------------------------------------------------------------- multilevel training
+
+def recording_loss(monkeypatch):
+    """Replace sde.dsm_loss by itself, recording each call's images and noise grid."""
+    calls, original = [], sde.dsm_loss
+    def record(net, x0, prior, generator=None, **kwargs):
+        calls.append((x0.clone(), kwargs.get("noise_grid")))
+        return original(net, x0, prior, generator, **kwargs)
+    monkeypatch.setattr(sde, "dsm_loss", record)
+    return calls
+
+
+def test_each_level_trains_on_the_training_images_reduced_to_its_grid_with_noise_drawn_at_n0(
+        tmp_path, capsys, monkeypatch):
+    """Levels 8 then 16 (n0): the epochs' shares in steps, each level's batch size, its images the n0
+    training images Fourier-truncated to its grid in the epoch's seeded order, the noise drawn at n0."""
+    calls = recording_loss(monkeypatch)
+    code, err = call(tiny_args(tmp_path, "--input_height", "16", "--levels", "8:0.5:32,16:0.5", "--batch_size", "16",
+                               "--n_epochs", "2"), capsys)
+    assert code == 0, err
+    assert [tuple(x0.shape) for x0, _ in calls] == [(32, 1, 8, 8)] * 2 + [(16, 1, 16, 16)] * 4
+    assert {grid for _, grid in calls} == {16}
+    config = main.TrainConfig(input_height=16, train_limit=64, data_root=str(tmp_path / "mnist"), num_samples_mmd=16)
+    train = main.load_training_data(config)[0]
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(1))  # the data generator: seed + 1
+    assert torch.equal(calls[0][0], data.reduce_to_grid(train, 8)[order[:32]])
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    assert [(s["grid"], s["batch_size"], s["steps"]) for s in state["level_stats"]] == [(8, 32, 2), (16, 16, 4)]
+    assert state["level_index"] == 1 and state["step"] == 6 and state["epoch"] == 2
+    assert [point["grid"] for point in state["trace"]] == [8, 16]  # a point per level and epoch here
+
+
+def test_level_boundaries_in_minutes_and_the_final_levels_learning_rate(tmp_path, capsys, monkeypatch):
+    """A fake clock makes every step last 1 s: of a 0.1-minute budget (6 steps) the first half, 3 steps,
+    is at 8. Under --level_lr final the cosine spans the final level only: the 6th step ran at
+    (5/6 - 1/2) / (1/2) of it; under global at 5/6 of the run."""
+    for level_lr, progress in (("final", 2 / 3), ("global", 5 / 6)):
+        clock = iter(range(10**6))
+        monkeypatch.setattr(main, "training_clock", lambda: next(clock))
+        name = f"minutes_{level_lr}"
+        code, err = call(tiny_args(tmp_path, "--input_height", "16", "--levels", "8:0.5,16:0.5", "--minutes", "0.1",
+                                   "--n_epochs", "1000", "--batch_size", "16", "--lr_schedule", "cosine",
+                                   "--level_lr", level_lr, name=name), capsys)
+        assert code == 0, err
+        state = load_checkpoint(str(tmp_path / "runs" / name / "last.pt"))
+        assert [(s["grid"], s["steps"], s["seconds"]) for s in state["level_stats"]] == [(8, 3, 3.0), (16, 3, 3.0)]
+        lr = state["optimizer"]["param_groups"][0]["lr"]
+        assert lr == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def test_the_ema_restarts_at_a_level_switch_unless_told_to_carry(tmp_path, capsys):
+    for level_ema, averaged in (("restart", 6), ("carry", 8)):
+        name = f"ema_{level_ema}"
+        code, err = call(tiny_args(tmp_path, "--input_height", "16", "--levels", "8:0.25,16:0.75", "--batch_size", "16",
+                                   "--n_epochs", "2", "--level_ema", level_ema, name=name), capsys)
+        assert code == 0, err
+        state = load_checkpoint(str(tmp_path / "runs" / name / "last.pt"))
+        assert state["step"] == 8 and [s["steps"] for s in state["level_stats"]] == [2, 6]
+        assert state["ema"]["n_averaged"].item() == averaged
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_a_multilevel_run_resumed_across_the_level_boundary_is_bitwise_the_uninterrupted_one(
+        tmp_path, capsys, monkeypatch, stop_after):
+    """Levels 8:0.5,16:0.5 over 3 epochs of 2 steps: the switch comes at step 3, inside epoch 2. Stopped
+    after epoch 1 (before it) or 2 (after it), then resumed: weights, EMA, optimizer and trace as straight."""
+    flags = ["--input_height", "16", "--levels", "8:0.5,16:0.5", "--n_epochs", "3", "--ema_decay", "0.9",
+             "--lr_schedule", "cosine", "--parametrization", "edm", "--grid_conditioning", "pixel", "--val_every", "0"]
+    assert call(tiny_args(tmp_path, *flags, name="straight"), capsys)[0] == 0
+    original = main.run_epoch
+    def stopping(run, *args):
+        original(run, *args)
+        if run.epoch == stop_after:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(main, "run_epoch", stopping)
+    assert call(tiny_args(tmp_path, *flags, name="resumed"), capsys)[0] == 130
+    monkeypatch.setattr(main, "run_epoch", original)
+    assert call(tiny_args(tmp_path, *flags, "--resume", name="resumed"), capsys)[0] == 0
+    straight, resumed = (final_weights(tmp_path / "runs" / name) for name in ("straight", "resumed"))
+    assert resumed["step"] == straight["step"] == 6
+    assert [s["steps"] for s in resumed["level_stats"]] == [s["steps"] for s in straight["level_stats"]] == [3, 3]
+    for part in ("model", "ema"):
+        assert all(torch.equal(resumed[part][k], straight[part][k]) for k in straight[part])
+    assert [(p["step"], p["grid"], p["loss"]) for p in resumed["trace"]] == \
+        [(p["step"], p["grid"], p["loss"]) for p in straight["trace"]]
+
+
+def test_one_level_plans_the_epochs_steps_as_before():
+    run = main.Run(main.TrainConfig(model="unet", model_arg=["ch=8", "ch_mult=1,2", "num_res_blocks=1"],
+                                    n_epochs=3, batch_size=16), torch.device("cpu"))
+    run.plan_levels(70)
+    assert run.level_end_steps == [15] and run.planned_steps == 15  # 3 epochs of ceil(70 / 16) batches
+    run.step = 6
+    assert run.schedule_progress() == pytest.approx(6 / 15) and run.level_now() == 0 and not run.finished
+    run.step = 15
+    assert run.finished
+
+
+def test_parse_levels_reads_grids_shares_and_batch_sizes():
+    assert main.parse_levels("", 28, 64) == [main.Level(28, 1.0, 64)]
+    assert main.parse_levels("7:0.5,14:0.25:128, 28:0.25", 28, 64) == [
+        main.Level(7, 0.5, 64), main.Level(14, 0.25, 128), main.Level(28, 0.25, 64)]

@@ -266,6 +266,19 @@ def test_pixel_variance_is_the_variance_of_a_draw_at_n0(name, options, generator
 
 
 @pytest.mark.parametrize("name,options", ALL)
+def test_pixel_variance_on_a_coarse_grid_is_that_of_the_truncated_n0_noise(name, options, generator):
+    """pixel_variance(n) against the empirical pixel variance of n0 draws truncated to n = 14 (the noise of
+    a coarse level); (14 / 28)^2 for white noise."""
+    prior = build_prior(name, N0, **options)
+    coarse = truncate_noise(prior.sample((2000, 1, N0, N0), generator, dtype=torch.float64), 14)
+    assert prior.pixel_variance(14) == pytest.approx(coarse.var().item(), rel=0.05)
+    assert prior.pixel_variance(N0) == prior.pixel_variance()
+    if name == "standard":
+        assert prior.pixel_variance(14) == pytest.approx(0.25, rel=1e-12)
+        assert prior.pixel_variance(7) == pytest.approx(1 / 16, rel=1e-12)  # odd: no Nyquist pair to fold
+
+
+@pytest.mark.parametrize("name,options", ALL)
 def test_every_prior_round_trips_through_its_config(name, options):
     """prior_from_config(prior.config()) (what a checkpoint stores) is the same operator, on any grid."""
     prior = build_prior(name, N0, **options)

@@ -789,3 +789,82 @@ def test_lognormal_training_times_stop_at_t_1_with_the_tail_beyond_sigma_1():
     assert 0.02 < tail < 0.05  # the case is a real test of the upper end
     assert t.max().item() == 1.0 and t.min().item() >= sde.T_EPS
     assert (t == 1.0).double().mean().item() == pytest.approx(tail, abs=0.002)  # sd of the fraction 4e-4
+
+
+# ---------------------------------------------------------------- coarse grids (multilevel training)
+
+class IdealWhiteGaussian(torch.nn.Module):
+    """The ideal 'edm' network output for data X_0 ~ N(0, c I) on the n0 grid under the standard prior
+    (noise of unit pixel variance at n0): the denoiser is D = c / (c + sigma^2) x~, and the output is
+    F* = (D - c_skip x~) / c_out of the input u = c_in x~."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, u, t):
+        c_in, c_skip, c_out, sigma = edm_coefficients(t, 1.0)
+        x = u / c_in
+        return (self.c / (self.c + sigma**2) * x - c_skip * x) / c_out
+
+
+@pytest.mark.parametrize("n", [7, 14, 56])
+def test_pixel_conditioning_makes_the_n0_denoiser_exact_on_any_grid_for_white_gaussian_data(n):
+    """On the n-grid the noise of the standard prior has pixel variance r^2 = (n / n0)^2, so for white
+    N(0, c) data the exact denoiser is c / (c + r^2 sigma^2) x~: 'pixel' conditioning hands the n0
+    network this problem as one at sigma_e = r sigma and gets it exactly; 'physical' does not."""
+    c = 0.08
+    prior = build_prior("standard", N0)
+    pixel = sde.ScoreModel(IdealWhiteGaussian(c), "edm", prior.pixel_variance(), grid_conditioning="pixel",
+                           grid_variance=prior.pixel_variance)
+    physical = sde.ScoreModel(IdealWhiteGaussian(c), "edm", prior.pixel_variance())
+    y = torch.randn(4, 1, n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([0.02, 0.15, 0.5, 0.9], dtype=torch.float64)
+    m, s, g = (v.reshape(-1, 1, 1, 1) for v in (sde.mean_coef(t), sde.noise_std(t), sde.beta(t).sqrt()))
+    sigma = s / m
+    exact_denoiser = c / (c + (n / N0) ** 2 * sigma**2) * (y / m)
+    exact = g * (m * exact_denoiser - y) / s**2
+    assert pixel.variance_ratio(n) == pytest.approx((n / N0) ** 2, rel=1e-12)
+    torch.testing.assert_close(pixel(y, t), exact, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(physical(y, t), exact, rtol=1e-3)
+    y0 = torch.randn(2, 1, N0, N0, dtype=torch.float64)
+    assert torch.equal(pixel(y0, t[:2]), physical(y0, t[:2]))  # at n0 the two are one map
+
+
+def test_pixel_conditioning_weighs_a_coarse_grids_loss_by_its_own_edm_coefficients():
+    """Off n0 the network answers at t_e, so the weight that gives its target unit weight is
+    sigma^2 / c_out^2 with c_out of the grid's pixel variance v(n) = r^2 v(n0)."""
+    prior = build_prior("lap_conv", N0)  # not white: r^2 is the ratio of the operator's sums over the grids
+    v0, v14 = prior.pixel_variance(), prior.pixel_variance(14)
+    assert 0.3 < v14 / v0 < 0.95
+    model = sde.ScoreModel(IdealWhiteGaussian(0.1), "edm", v0, grid_conditioning="pixel",
+                           grid_variance=prior.pixel_variance)
+    t = torch.tensor([0.01, 0.3, 0.95], dtype=torch.float64)
+    _, _, c_out, sigma = edm_coefficients(t, v14)
+    torch.testing.assert_close(model.loss_weight(t, 14), (sigma**2 / c_out**2).reshape(-1), rtol=1e-9, atol=0)
+    torch.testing.assert_close(model.loss_weight(t, N0), model.loss_weight(t), rtol=0, atol=0)
+    physical = sde.ScoreModel(IdealWhiteGaussian(0.1), "edm", v0)
+    torch.testing.assert_close(physical.loss_weight(t, 14), physical.loss_weight(t), rtol=0, atol=0)
+
+
+def test_a_coarse_levels_noise_is_the_n0_draw_truncated_to_its_grid():
+    """dsm_loss with noise_grid: with a = 0 ('score' parametrization, zero output) the loss is
+    1/2 mean |eta|^2, eta the truncation (`truncate_noise`) of the draw on the noise grid."""
+    class Zero(torch.nn.Module):
+        def forward(self, u, t):
+            return torch.zeros_like(u)
+
+    prior = build_prior("lap_conv", 16)
+    x0 = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    loss = sde.dsm_loss(sde.ScoreModel(Zero(), "score"), x0, prior, torch.Generator().manual_seed(2), noise_grid=16)
+    gen = torch.Generator().manual_seed(2)
+    torch.rand(3, generator=gen)  # the times come first
+    eta = sde.truncate_noise(prior.sample((3, 1, 16, 16), gen, dtype=torch.float64), 8)
+    assert loss.item() == pytest.approx(0.5 * eta.pow(2).flatten(1).sum(1).mean().item(), rel=1e-12)
+
+
+def test_pixel_conditioning_needs_the_grids_variance_and_a_known_name():
+    with pytest.raises(ValueError, match="grid_variance"):
+        sde.ScoreModel(IdealWhiteGaussian(0.1), "edm", grid_conditioning="pixel")
+    with pytest.raises(ValueError, match="grid conditioning"):
+        sde.ScoreModel(IdealWhiteGaussian(0.1), "edm", grid_conditioning="cells")

@@ -251,7 +251,7 @@ def test_a_classifier_for_another_grid_is_skipped_with_a_note(trained, tmp_path,
     code, out = evaluate(trained, "--upscale", "1", "--classifier", str(path), "--results_dir", str(tmp_path / "g"),
                          capsys=capsys)
     assert code == 0, out.err
-    assert "Frechet distance skipped" in out.out
+    assert "multiples of 16 only" in out.out
     report = json.loads((tmp_path / "g" / "results.json").read_text())
     assert report["classifier"] is None and "fd" not in report["results"][0]
 
