@@ -1,5 +1,8 @@
 """The bench scripts' planning and bookkeeping (the measurements themselves are run by hand)."""
 import json
+import math
+
+import torch
 
 import pytest
 
@@ -404,3 +407,80 @@ def test_draws_spread_is_the_sample_sd_and_one_seed_is_refused():
     assert draws.spread([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(1.5275252), 1.0, 4.0)
     with pytest.raises(UserError, match="--seeds"):
         draws.parse_args(["--checkpoints", "x.pt", "--seeds", "2", "2"])
+
+
+def test_multilevel_study_trains_each_recipe_scores_it_at_28_and_skips_finished_runs(tmp_path, monkeypatch):
+    import bench.multilevel as multilevel
+    import reproduce
+    from tests.test_reproduce import TINY_PROFILE, _fast_eval_parser
+
+    monkeypatch.setitem(reproduce.PROFILES, "cpu", TINY_PROFILE)
+    monkeypatch.setattr(multilevel.evaluation, "build_parser", _fast_eval_parser(multilevel.evaluation.build_parser))
+    argv = ["--models", "fno", "--runs", "28:0.004", "14:0.004", "14-28_50:0.004", "--runs_dir", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--data_root", str(tmp_path / "mnist"), "--num_samples", "8",
+            "--band_samples", "4"]
+    multilevel.main(argv)
+    records = {r["recipe"]: r for r in multilevel.load_records(multilevel.parse_args(argv))}
+    assert set(records) == {"28", "14", "14-28_50"}
+    fine, coarse, both = records["28"], records["14"], records["14-28_50"]
+    assert [row["resolution"] for row in fine["results"]] == [28] and fine["bands"] and coarse["bands"] is None
+    assert [(row["resolution"], row["mode"]) for row in coarse["results"]] == [
+        (14, "n0"), (28, "resample-fourier"), (28, "native-bl"), (28, "native"), (28, "native (pixel conditioning)")]
+    at_28 = multilevel.at_fine(coarse, "native-bl")
+    assert at_28["n"] == 8 and "oracle_fourier" in at_28 and "confident" in at_28 and "fd" in at_28
+    assert [level["grid"] for level in both["levels"]] == [14, 28] and both["train_config"]["levels"] == "14:0.5,28:0.5"
+    assert all(0 < band["low"] and 0 < band["high"] for band in both["bands"]) and len(both["bands"]) == 5
+    assert coarse["train_config"]["input_height"] == 14 and both["train_config"]["minutes"] == 0.004
+    report = (tmp_path / "results" / "multilevel.md").read_text()
+    assert "| fno | 14-28_50 | 0.004 |" in report and "interpolation floor (real 14 -> 28)" in report
+    assert "## Where the denoiser errs at 28" in report
+    for name in ("multilevel.png", "multilevel_loss.png", "multilevel_samples_fno.png"):
+        assert (tmp_path / "results" / name).exists()
+    monkeypatch.setattr(multilevel, "run_one", lambda *a: pytest.fail("a finished run was trained again"))
+    multilevel.main(argv)
+
+
+def test_multilevel_minutes_for_an_fd_interpolate_the_fine_only_curve_log_log():
+    import bench.multilevel as multilevel
+
+    curve = [(10.0, 100.0), (20.0, 50.0), (40.0, 40.0)]
+    assert multilevel.minutes_for_fd(curve, 50.0) == pytest.approx(20.0)
+    assert multilevel.minutes_for_fd(curve, 100 / 2 ** 0.5) == pytest.approx(10 * 2 ** 0.5)  # halfway in logs
+    assert multilevel.minutes_for_fd(curve, 120.0) is None and multilevel.minutes_for_fd(curve, 30.0) is None
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--runs", "15-28:10"], "--runs"), (["--runs", "28:0"], "--runs"), (["--runs", "28"], "--runs"),
+    (["--variant", "x", "--train_option", "levels=14:0.5,28:0.5"], "--train_option levels"),
+    (["--variant", "x"], "--variant"), (["--num_samples", "3"], "--num_samples")])
+def test_multilevel_refuses_bad_plans_in_one_line(flags, message):
+    import bench.multilevel as multilevel
+
+    with pytest.raises(UserError, match=message):
+        multilevel.parse_args(flags)
+
+
+def test_band_errors_split_the_denoisers_error_at_the_14_grids_band():
+    """A 'denoiser' that returns the clean images but for one added mode: all of its error is in that
+    mode's band, as a share of the images' energy there."""
+    import bench.multilevel as multilevel
+    from priors import build_prior
+
+    images = torch.rand(3, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = (torch.arange(28, dtype=torch.float64) + 0.5) / 28
+    for k, band in ((3, "low"), (10, "high")):
+        wave = 0.1 * torch.cos(2 * math.pi * k * x)[None, None, :, None].expand(1, 1, 28, 28)
+
+        class Off(torch.nn.Module):
+            def forward(self, y, t):  # a of the denoiser x0 + wave: g (m D - y) / s^2
+                m, s, g = (v.reshape(-1, 1, 1, 1) for v in (sde.mean_coef(t), sde.noise_std(t), sde.beta(t).sqrt()))
+                return g * (m * (images + wave) - y) / s**2
+
+        rows = multilevel.band_errors(Off(), build_prior("standard", 28), images, times=(0.1,))
+        spectrum = torch.fft.fft2(images).abs().pow(2)
+        modes = torch.fft.fftfreq(28, 1 / 28).round().abs()
+        low = (modes[:, None] <= 7) & (modes[None, :] <= 7)
+        mask = low if band == "low" else ~low
+        expected = 3 * torch.fft.fft2(wave).abs().pow(2).sum() / spectrum[..., mask].sum()
+        assert rows[0][band] == pytest.approx(expected.item(), rel=1e-6)
+        assert rows[0]["high" if band == "low" else "low"] < 1e-12
