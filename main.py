@@ -25,8 +25,8 @@ import priors
 import sde
 from mmd import riesz_mmd
 from resample import fourier_resample
-from utils import (CHECKPOINT_FORMAT, ArgumentParser, Distributed, UserError, atomic_torch_save,
-                   ensure_writable_dir, load_checkpoint, progress_bar, resolve_device, run_main, save_grid,
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, Distributed, UserError, atomic_torch_save, check_dtypes,
+                   check_writable_dir, ensure_writable_dir, first_line, load_checkpoint, progress_bar, resolve_device, run_main, save_grid,
                    timestamp, versions, write_json)
 
 
@@ -193,9 +193,26 @@ def validate(config):
         raise UserError(f"--matern_c must be > 0, got {config.matern_c}")
     try:
         overrides = models.parse_model_args(config.model_arg)
-        models.model_kwargs(config.model, config.profile, overrides)
+        kwargs = models.model_kwargs(config.model, config.profile, overrides)
     except ValueError as error:
         raise UserError(f"--model_arg: {error}")
+    grids = [level.grid for level in parse_levels(config.levels, config.input_height, config.batch_size)]
+    probe_network(config.model, kwargs, grids)
+
+
+def probe_network(name, kwargs, grids):
+    """Build the network and run it once on each training grid, so that constructor arguments it cannot
+    take (--model_arg ch=-3, a grid too small for its levels) are refused in one line before the run."""
+    try:
+        net = models.build_model(name, **kwargs)
+        with torch.no_grad():
+            for n in grids:
+                out = net(torch.zeros(1, 1, n, n), torch.full((1,), 0.5))
+                if out.shape != (1, 1, n, n):
+                    raise ValueError(f"it answers {tuple(out.shape)} for (1, 1, {n}, {n})")
+    except Exception as error:  # whatever the layers raise for arguments they cannot take
+        raise UserError(f"--model_arg / --input_height: the {name} with {kwargs} does not run on the grids "
+                        f"{grids} ({first_line(error)})") from error
 
 
 MIN_GRID = 4  # the coarsest grid a run trains on
@@ -436,8 +453,10 @@ class Run:
         }
 
     def load_state(self, state):
+        check_dtypes(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
+            check_dtypes(self.ema, state["ema"])
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._adopt_optimizer_layouts()
@@ -649,8 +668,9 @@ def validation_floor(train_images, val_low, seed, draws=4):
 
 
 def prepare_run_folder(config, argv):
-    """The run folder; refuses to overwrite a run, or to resume with mismatched flags."""
-    ensure_writable_dir(config.out_dir, "--out_dir")
+    """The run folder's path; refuses to overwrite a run, or to resume with mismatched flags. A new
+    run's folder is made only once everything else is checked (`start_run_folder`)."""
+    check_writable_dir(config.out_dir, "--out_dir")
     if config.save_model is None:
         if config.resume:
             raise UserError("--resume needs --save_model NAME (the run to continue)")
@@ -661,10 +681,9 @@ def prepare_run_folder(config, argv):
     if config.resume:
         load_checkpoint(os.path.join(folder, "last.pt"))  # refuses a missing or bad file here
         return folder
-    if os.path.exists(folder) and os.listdir(folder):
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
         raise UserError(f"run folder {folder} already exists; pass --resume to continue it or "
                         f"choose another --save_model")
-    ensure_writable_dir(folder, "--save_model")
     return folder
 
 
@@ -729,9 +748,13 @@ def train(config, argv=()):
                     else train_images for level in run.levels}
     run.val_floor = validation_floor(train_images, val_low, config.seed) if dist.is_main else None
     if saved is not None:
-        run.load_state(saved)
+        try:
+            run.load_state(saved)
+        except Exception as error:  # a damaged state dict: the resume state does not fit this run
+            raise UserError(f"{os.path.join(folder, 'last.pt')} does not resume this run ({first_line(error)})") from error
         say(dist, f"resuming {folder} after epoch {run.epoch} (step {run.step})")
     if dist.is_main:
+        ensure_writable_dir(folder, "--save_model")  # the run starts: its folder is made here, not before
         write_json({"config": dataclasses.asdict(config), "model_kwargs": run.model_kwargs,
                     "parameters": models.count_parameters(run.model), "data": source,
                     "train_images": len(train_images), "world_size": dist.world,

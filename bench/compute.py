@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main as training  # noqa: E402
 import reproduce  # noqa: E402
 import sde  # noqa: E402
-from utils import UserError, run_main, versions  # noqa: E402
+from utils import UserError, read_json, run_main, versions, write_text  # noqa: E402
 
 
 BASE = "base"
@@ -78,7 +78,7 @@ def check_same_variant(args, model, out, run_folder):
     same name trained with others (a resumed run would keep its saved options)."""
     saved = None
     if os.path.exists(out):
-        saved = json.load(open(out)).get("train_options", {})
+        saved = read_json(out, "record").get("train_options", {})
     elif os.path.exists(os.path.join(run_folder, "config.json")):
         config = json.load(open(os.path.join(run_folder, "config.json")))["config"]
         saved = {key: config.get(key) for key in args.options}
@@ -114,7 +114,7 @@ def load_records(args):
     folder = os.path.join(args.results, "compute")
     if not os.path.isdir(folder):
         return []
-    return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    return [read_json(os.path.join(folder, f), "record") for f in sorted(os.listdir(folder)) if f.endswith(".json")]
 
 
 def row(record):
@@ -298,8 +298,7 @@ def write_report(args, records, command):
                      f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} | {fmt(r['load'], 2)} |")
     lines += lever_lines(rows)
     os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, "compute.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", os.path.join(args.results, "compute.md"))
     if rows:
         draw(rows, os.path.join(args.results, "compute.png"))
 

@@ -28,7 +28,6 @@ Variants: `--variant NAME --train_option KEY=VALUE` trains the recipes with main
 (e.g. `--variant ema_carry --train_option level_ema=carry`), recorded beside the base runs.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -42,7 +41,8 @@ import reproduce  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.compute import machine_tag, parse_train_options  # noqa: E402
-from utils import UserError, load_checkpoint, run_main, save_side_by_side, versions, write_json  # noqa: E402
+from utils import (UserError, load_checkpoint, read_json, run_main, save_side_by_side, versions,  # noqa: E402
+                   write_json, write_text)
 
 FINE = 28
 # recipe name -> the main.py options that make it (beside the CPU profile's)
@@ -168,7 +168,7 @@ def load_records(args):
     folder = os.path.join(args.results, "multilevel")
     if not os.path.isdir(folder):
         return []
-    return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    return [read_json(os.path.join(folder, f), "record") for f in sorted(os.listdir(folder)) if f.endswith(".json")]
 
 
 def at_fine(record, mode=None):
@@ -300,8 +300,7 @@ def write_report(args, records):
                          f"| {fmt(oracle)} | | | | | |")
     lines += speedup_lines(records) + band_lines(records)
     os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, "multilevel.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", os.path.join(args.results, "multilevel.md"))
     if records:
         draw_fd(records, os.path.join(args.results, "multilevel.png"))
         draw_loss(records, os.path.join(args.results, "multilevel_loss.png"))

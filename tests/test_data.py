@@ -134,7 +134,7 @@ def test_the_fallback_and_its_absence_are_named(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("message, shown", [("first line\nsecond line", "first line"), ("x" * 300, "x" * 200),
-                                            ("", "")])
+                                            ("", None)])
 def test_a_broken_mnist_folder_error_quotes_the_first_line_of_torchvisions_error(tmp_path, monkeypatch,
                                                                                 message, shown):
     data._CACHE.clear()
@@ -148,7 +148,7 @@ def test_a_broken_mnist_folder_error_quotes_the_first_line_of_torchvisions_error
     monkeypatch.setattr(data, "_torchvision_mnist", broken)
     with pytest.raises(data.DataError) as caught:
         data.load_mnist(str(tmp_path))
-    assert str(caught.value).endswith(f"; ValueError: {shown})")
+    assert str(caught.value).endswith(f"; ValueError: {shown})" if shown else "; ValueError)")
     data._CACHE.clear()
 
 

@@ -519,3 +519,44 @@ def test_parse_levels_reads_grids_shares_and_batch_sizes():
     assert main.parse_levels("", 28, 64) == [main.Level(28, 1.0, 64)]
     assert main.parse_levels("7:0.5,14:0.25:128, 28:0.25", 28, 64) == [
         main.Level(7, 0.5, 64), main.Level(14, 0.25, 128), main.Level(28, 0.25, 64)]
+
+
+def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                            monkeypatch):
+    from tests.test_utils import fill_the_disk
+
+    assert call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)[0] == 0
+    folder = tmp_path / "runs" / "run"
+    before = {name: (folder / name).read_bytes() for name in ("last.pt", "best.pt")}
+    fill_the_disk(monkeypatch, 1000, only=".pt.tmp.")
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--resume"), capsys)
+    monkeypatch.undo()
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "intact" in err
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert load_checkpoint(str(folder / "last.pt"))["epoch"] == 1
+    assert call(tiny_args(tmp_path, "--n_epochs", "2", "--resume"), capsys)[0] == 0  # room again: it goes on
+
+
+def test_a_kill_between_the_checkpoints_write_and_its_rename_keeps_the_previous_one(tmp_path, capsys):
+    """SIGKILL at the rename of the new last.pt: the old one is there bitwise, and --resume goes on from it."""
+    import subprocess
+    import sys
+
+    assert call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)[0] == 0
+    folder = tmp_path / "runs" / "run"
+    before = (folder / "last.pt").read_bytes()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    killer = ("import os, runpy, signal, sys; real = os.replace\n"
+              "def replace(src, dst):\n"
+              "    if dst.endswith('last.pt'): os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return real(src, dst)\n"
+              "os.replace = replace; sys.argv = ['main.py'] + sys.argv[1:]\n"
+              "runpy.run_path('main.py', run_name='__main__')")
+    process = subprocess.run([sys.executable, "-c", killer, *tiny_args(tmp_path, "--n_epochs", "2", "--resume")],
+                             cwd=root, capture_output=True, env={**os.environ, "FSDIFF_OFFLINE": "1"})
+    assert process.returncode == -9
+    assert (folder / "last.pt").read_bytes() == before
+    assert any(name.startswith("last.pt.tmp.") for name in os.listdir(folder))  # the new one, never renamed
+    assert load_checkpoint(str(folder / "last.pt"))["epoch"] == 1
+    assert call(tiny_args(tmp_path, "--n_epochs", "2", "--resume"), capsys)[0] == 0
+    assert load_checkpoint(str(folder / "last.pt"))["epoch"] == 2

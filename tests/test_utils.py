@@ -9,7 +9,10 @@ from utils import CHECKPOINT_FORMAT, UserError, atomic_torch_save, load_checkpoi
 
 
 def good_state():
-    return {"format_version": CHECKPOINT_FORMAT, "config": {"seed": 0}, "model": {"w": torch.ones(3)}}
+    """The fields of a run checkpoint that sampling reads (utils.RUN_FIELDS)."""
+    return {"format_version": CHECKPOINT_FORMAT, "config": {"seed": 0, "input_height": 28, "parametrization": "edm"},
+            "model": {"w": torch.ones(3)}, "ema": None, "model_name": "unet", "model_kwargs": {},
+            "prior_config": {"name": "standard", "n0": 28}, "prior": {}, "epoch": 1, "step": 2, "history": []}
 
 
 def test_atomic_save_round_trips_and_leaves_no_temporary_files(tmp_path):
@@ -30,7 +33,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_torch_save({"bad": Unsaveable()}, str(path))
-    assert load_checkpoint(str(path))["config"] == {"seed": 0}
+    assert load_checkpoint(str(path))["config"]["seed"] == 0
     assert os.listdir(tmp_path) == ["last.pt"]
 
 
@@ -141,3 +144,121 @@ def test_progress_bars_write_at_most_a_line_a_minute_into_a_log(monkeypatch):
             bar.update(1)
     assert bar.mininterval == 60.0
     assert log.getvalue().count("\r") <= 3  # the opening and closing lines, not one per update
+
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        import errno
+
+        if len(data) > self.room:
+            self.f.write(data[:self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+
+def fill_the_disk(monkeypatch, room, only=""):
+    """The atomic writers' temporary files (tempfile.mkstemp, then os.fdopen) whose names contain `only`
+    run out of space after `room` bytes."""
+    import tempfile
+
+    real_mkstemp, real_fdopen, names = tempfile.mkstemp, os.fdopen, {}
+
+    def mkstemp(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        names[fd] = path
+        return fd, path
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(f, room) if only in names.get(fd, "") else f
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("room", [0, 100, 2000])
+def test_a_write_that_runs_out_of_space_leaves_the_previous_files_whole_and_says_so_in_one_line(
+        tmp_path, monkeypatch, room):
+    from utils import write_json, write_text
+
+    atomic_torch_save(good_state(), str(tmp_path / "last.pt"))
+    write_json({"mmd": 0.0123}, str(tmp_path / "results.json"))
+    write_text("| table |\n" * 50, str(tmp_path / "results.md"))
+    before = {name: (tmp_path / name).read_bytes() for name in ("last.pt", "results.json", "results.md")}
+    bigger = {**good_state(), "model": {"w": torch.randn(5000)}}
+    fill_the_disk(monkeypatch, room)
+    for write, name in ((lambda p: atomic_torch_save(bigger, p), "last.pt"), (lambda p: write_json({"mmd": [1] * 999}, p),
+                        "results.json"), (lambda p: write_text("| new |\n" * 999, p), "results.md")):
+        with pytest.raises(UserError) as error:
+            write(str(tmp_path / name))
+        assert f"could not write {tmp_path / name} (No space left on device)" in str(error.value)
+        assert "\n" not in str(error.value)
+    monkeypatch.undo()
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before  # bitwise the previous files
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "results.json", "results.md"]
+    assert torch.equal(load_checkpoint(str(tmp_path / "last.pt"))["model"]["w"], torch.ones(3))
+
+
+def test_a_flipped_bit_in_the_weights_is_caught_by_the_archives_crc():
+    """torch.load does not check the zip entries' CRC-32: a flip inside a weight would load as another weight."""
+    import io
+    import tempfile
+
+    buffer = io.BytesIO()
+    torch.save({**good_state(), "model": {"w": torch.ones(1000)}}, buffer)
+    raw = bytearray(buffer.getvalue())
+    data_at = raw.find(torch.ones(1000).numpy().tobytes()[:64])
+    raw[data_at + 100] ^= 0x01
+    assert not torch.equal(torch.load(io.BytesIO(bytes(raw)), weights_only=True)["model"]["w"], torch.ones(1000))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "last.pt")
+        with open(path, "wb") as f:
+            f.write(raw)
+        with pytest.raises(UserError, match="truncated or corrupt .*CRC-32"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("part,change,message", [
+    ("model", lambda w: w.double(), "in the EMA"), ("ema", lambda w: w[:-1], "in the EMA"),
+    ("model", lambda w: w * float("nan"), "NaN or infinite"), ("ema", lambda w: w * float("inf"), "NaN or infinite")])
+def test_weights_that_cannot_sample_are_refused_at_load(tmp_path, part, change, message):
+    state = {**good_state(), "model": {"w": torch.ones(3)}, "ema": {"module.w": torch.ones(3), "n_averaged": torch.tensor(2)}}
+    key = "w" if part == "model" else "module.w"
+    state[part] = {**state[part], key: change(state[part][key])}
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(str(tmp_path / "last.pt"))
+
+
+def test_a_refusal_prints_the_traceback_beneath_only_when_asked(monkeypatch, capsys):
+    from utils import DEBUG_ENV, run_main
+
+    def refused():
+        try:
+            int("x")
+        except ValueError as error:
+            raise UserError("--flag x: expected a number") from error
+
+    for debug, traceback_shown in (("", False), ("1", True)):
+        monkeypatch.setenv(DEBUG_ENV, debug)
+        with pytest.raises(SystemExit):
+            run_main(refused)
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == "error: --flag x: expected a number"
+        assert ("Traceback" in err and "invalid literal" in err) == traceback_shown
