@@ -326,7 +326,8 @@ def runs_csv_text(records):
     fields = ["model", "prior", "seed", "epochs", "train_minutes", "eval_minutes", "mmd_28", "n_28",
               "mmd_56_resample", "n_56_resample", "mmd_56_native_bl", "n_56_native_bl", "mmd_56_native",
               "n_56_native", "floor_28", "floor_56", "oracle_56_fourier", "oracle_56_bicubic", "fd_28",
-              "fd_floor_28", "digits_28", "max_load_1min", "host"]
+              "fd_floor_28", *[f"{key}_28" for key in CLASSIFIER_FIGURES],
+              *[f"{key}_floor_28" for key in CLASSIFIER_FIGURES], "digits_28", "max_load_1min", "host"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for r in records:
@@ -345,6 +346,8 @@ def runs_csv_text(records):
             "oracle_56_bicubic": f"{res['oracle_bicubic']:.5f}" if res else "",
             "fd_28": f"{low['fd']:.3f}" if "fd" in low else "",
             "fd_floor_28": f"{low['fd_floor']:.3f}" if "fd" in low else "",
+            **{f"{key}_28": f"{low[key]:.4f}" if key in low else "" for key in CLASSIFIER_FIGURES},
+            **{f"{key}_floor_28": f"{low[key + '_floor']:.4f}" if key in low else "" for key in CLASSIFIER_FIGURES},
             "digits_28": " ".join(map(str, low["class_histogram"])) if "fd" in low else "",
             "max_load_1min": "" if r.get("max_load_1min") is None else r["max_load_1min"],
             "host": hardware(r)})
@@ -434,8 +437,9 @@ def table_markdown(records, profile, total_seconds):
         bl_n = next((column(r, "native-bl")["n"] for r in group if column(r, "native-bl")), "-")
         lines += [f"## Prior `{prior}`", "",
                   f"| model | seeds | epochs | MMD 28 (n={n28}) | MMD 56 resample (n={res_n}) | MMD 56 native-bl "
-                  f"(n={bl_n}) | MMD 56 native, ablation (n={nat_n}) | FD 28 | train min / run | eval min / run |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"(n={bl_n}) | MMD 56 native, ablation (n={nat_n}) | FD 28 | confident 28 | precision 28 | "
+                  f"recall 28 | Vendi 28 | train min / run | eval min / run |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for model in MODELS:
             runs = [r for r in group if r["model"] == model]
             if not runs:
@@ -448,10 +452,16 @@ def table_markdown(records, profile, total_seconds):
                 f"{mean_sd([column(r, 'resample')['mmd'] for r in runs if column(r, 'resample')])} | "
                 f"{mean_sd(band_limited)}{seeds_note(band_limited, runs)} | {mean_sd(nat)}{seeds_note(nat, runs)} | "
                 f"{mean_sd([column(r, 'n0').get('fd') for r in runs], 2)} | "
+                + "".join(f"{mean_sd([column(r, 'n0').get(key) for r in runs], 3)} | " for key in CLASSIFIER_FIGURES) +
                 f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} | "
                 f"{statistics.mean(r['eval_seconds'] for r in runs) / 60:.1f} |")
         lines += ["", floors_line(group), ""]
     return "\n".join(lines) + "\n"
+
+
+# the classifier's figures beside the FD (frechet.classifier_figures), columns of the table ('-' for
+# records evaluated before they existed)
+CLASSIFIER_FIGURES = ("confident", "precision", "recall", "vendi")
 
 
 def sampler_line(records, profile):
@@ -483,6 +493,9 @@ def floors_line(group):
     parts = [f"real-vs-real 28: {mean_sd(collect('n0', 'floor_real'))} (n={group[0]['results'][0]['n']})"]
     if collect("n0", "fd_floor"):
         parts.append(f"FD real-vs-real 28: {mean_sd(collect('n0', 'fd_floor'), 2)}")
+    for key in CLASSIFIER_FIGURES:
+        if collect("n0", f"{key}_floor"):
+            parts.append(f"{key} real-vs-real 28: {mean_sd(collect('n0', f'{key}_floor'), 3)}")
     res = next((column(r, "resample") for r in group if column(r, "resample")), None)
     nat = next((column(r, "native") for r in group if column(r, "native")), None)
     if res:

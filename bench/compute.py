@@ -126,6 +126,8 @@ def row(record):
             "mmd_28": low["mmd"], "floor_28": low["floor_real"], "mmd_56": res.get("mmd"),
             "floor_56": res.get("floor_real"), "fd_28": low.get("fd"), "fd_floor": low.get("fd_floor"),
             "n": low["n"], "host": reproduce.hardware(record), "note": record.get("note"),
+            **{key: low.get(key) for key in reproduce.CLASSIFIER_FIGURES},
+            **{f"{key}_floor": low.get(f"{key}_floor") for key in reproduce.CLASSIFIER_FIGURES},
             "recipe": recipe(record), "load": record.get("max_load_1min")}
 
 
@@ -289,13 +291,16 @@ def write_report(args, records, command):
              f"torch {versions()['torch']}.", ""]
     lines += [hardware_line({r["host"] for r in rows}), "",
               "| model | variant | budget min | machine | steps | sampler | MMD 28 | floor 28 | MMD 56 resample "
-              "| floor 56 | FD 28 | FD floor | max load |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| floor 56 | FD 28 | FD floor | confident (floor) | precision / recall (floor) | Vendi (floor) | max load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['variant']} | {r['minutes']:g} | {machine_tag(r['host'])} | {r['steps']} | "
                      f"{r['sampler']} | "
                      f"{fmt(r['mmd_28'])} | {fmt(r['floor_28'])} | {fmt(r['mmd_56'])} | {fmt(r['floor_56'])} | "
-                     f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} | {fmt(r['load'], 2)} |")
+                     f"{fmt(r['fd_28'], 1)} | {fmt(r['fd_floor'], 1)} | "
+                     f"{fmt(r['confident'], 3)} ({fmt(r['confident_floor'], 3)}) | {fmt(r['precision'], 3)} / "
+                     f"{fmt(r['recall'], 3)} ({fmt(r['precision_floor'], 3)} / {fmt(r['recall_floor'], 3)}) | "
+                     f"{fmt(r['vendi'], 2)} ({fmt(r['vendi_floor'], 2)}) | {fmt(r['load'], 2)} |")
     lines += lever_lines(rows)
     os.makedirs(args.results, exist_ok=True)
     write_text("\n".join(lines) + "\n", os.path.join(args.results, "compute.md"))

@@ -59,6 +59,10 @@ def test_reproduce_writes_the_table_and_skips_finished_runs(tiny, tmp_path, monk
     table = (results / "table.md").read_text()
     assert "Prior `standard`" in table and "n=10" in table and "n=6" in table and "+-" in table
     assert "real-vs-real 28" in table and "oracle" in table
+    for key in reproduce.CLASSIFIER_FIGURES:  # the classifier's figures beside the FD, each with its floor
+        assert all(0 <= float(r[f"{key}_28"]) and 0 <= float(r[f"{key}_floor_28"]) for r in rows)
+        assert f"{key} real-vs-real 28: " in table
+    assert "| confident 28 | precision 28 | recall 28 | Vendi 28 |" in table
     assert "MMD 56 native-bl (n=10)" in table and reproduce.COLUMNS_NOTE in table
     assert reproduce.seeds_note([], [1, 2]) == "" and reproduce.seeds_note([0.1], [1, 2, 3]) == ""
     assert reproduce.seeds_note([0.1, 0.2], [1, 2, 3]) == " (2 seeds)"
