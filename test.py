@@ -22,6 +22,7 @@ import torch
 
 import data
 import frechet
+import microstructure
 import models
 import priors
 import sde
@@ -151,7 +152,8 @@ def restore(state, device, weights="ema", grid_conditioning=None, path="the chec
         net = models.build_model(state["model_name"], **state["model_kwargs"])
         conditioning = grid_conditioning or state["config"].get("grid_conditioning", "physical")
         model = sde.ScoreModel(net, state["config"]["parametrization"], prior.pixel_variance(),
-                               grid_conditioning=conditioning, grid_variance=prior.pixel_variance)
+                               data.sigma_data(*run_dataset(state)), grid_conditioning=conditioning,
+                               grid_variance=prior.pixel_variance)
         if weights == "ema" and state.get("ema") is not None:
             chosen = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         else:
@@ -225,12 +227,21 @@ def data_root_of(args, state):
     fallback test digits, which are not the protocol's references (see FALLBACK_WARNING).
     """
     root = args.data_root if args.data_root is not None else trained_data_root(state)
-    test = data.load_mnist(root, train=False, quiet=True)
+    test = data.load_split(*run_dataset(state), root, train=False, quiet=True)
     trained_source = state.get("data_source")
     if args.data_root is None and trained_source and source_kind(trained_source) != source_kind(test.source):
         raise UserError(f"the run was trained on {trained_source}, but its --data_root {root} now gives "
                         f"{test.source}; pass --data_root with the MNIST it should be scored against")
-    return root, f"scoring against the test split of {test.source} ({len(test.labels):,} images)"
+    return root, f"scoring against the test split of {test.source} ({test.count:,} images)"
+
+
+def run_dataset(state):
+    """(name, options) of the dataset a run trained on (MNIST for runs from before --dataset)."""
+    name = state["config"].get("dataset", "mnist")
+    try:
+        return name, data.dataset_options(name, state["config"].get("dataset_option"))
+    except UserError as error:
+        raise UserError(f"the checkpoint's dataset does not load here ({error})") from error
 
 
 def source_kind(source):
@@ -241,19 +252,19 @@ def source_kind(source):
 class References:
     """Real images for the floors and oracles, drawn once per (resolution, n) from --seed."""
 
-    def __init__(self, data_root, n0, seed):
-        self.test = data.load_mnist(data_root, train=False)
-        self.train = data.load_mnist(data_root, train=True)
+    def __init__(self, data_root, n0, seed, dataset=("mnist", {})):
+        self.test = data.load_split(*dataset, data_root, train=False)
+        self.train = data.load_split(*dataset, data_root, train=True)
         self.n0, self.seed = n0, seed
 
-    def _pick(self, digits, count, offset):
-        order = torch.randperm(len(digits.labels), generator=torch.Generator().manual_seed(self.seed + offset))
-        return digits.images[order[:count]]
+    def _pick(self, split, count, offset):
+        order = torch.randperm(split.count, generator=torch.Generator().manual_seed(self.seed + offset))
+        return order[:count]
 
     def images(self, split, count, resolution):
         """(at n0, at N) of `count` images of `split` ('test' or 'train')."""
-        digits, offset = (self.test, 0) if split == "test" else (self.train, 1)
-        return data.evaluation_images(self._pick(digits, count, offset), self.n0, resolution)
+        images, offset = (self.test, 0) if split == "test" else (self.train, 1)
+        return images.references(self._pick(images, count, offset), self.n0, resolution)
 
 
 def load_critic(path):
@@ -269,7 +280,7 @@ def load_critic(path):
     return frechet.load_classifier(path)[0], path
 
 
-def score(samples, refs, resolution, count, critic=None):
+def score(samples, refs, resolution, count, critic=None, law=None):
     """MMD of samples on the N-grid (N = resolution), MMD * n0 / N, the real-vs-real floor and
     (at N > n0) the upsample oracles, same n; with a classifier, on grids it reads (multiples of its
     own), also its figures (frechet.classifier_figures: FD, confident share, class entropy,
@@ -285,6 +296,8 @@ def score(samples, refs, resolution, count, critic=None):
         row["oracle_fourier_scaled"] = row["oracle_fourier"] * scale
     if critic is not None and resolution % critic.n0 == 0:
         row.update(frechet.classifier_figures(critic, samples[:count], train_high, test_high))
+    if law is not None:  # a microstructure run: its statistics against the truth at N and in the continuum
+        row.update(microstructure.figures(samples[:count], test_high, law, refs.n0))
     return row
 
 
@@ -303,7 +316,12 @@ def evaluate(args, state, device, folder, critic=None):
         print(f"note: the classifier reads {critic.n0}x{critic.n0} images, this model makes {n0}x{n0}; "
               f"its figures (FD, confident share, precision, recall, Vendi) are given on the grids that are "
               f"multiples of {critic.n0} only")
-    refs = References(args.data_root, n0, args.seed)
+    dataset = run_dataset(state)
+    refs = References(args.data_root, n0, args.seed, dataset)
+    law = (microstructure.Microstructure(**{k: dataset[1][k] for k in microstructure.DEFAULTS})
+           if dataset[0] == "microstructure" else None)
+    if dataset[0] not in data.DIGITS:
+        critic = None  # the digit classifier reads digits only
     native_count = args.num_samples_native or args.num_samples_mmd
     batch_size = args.batch_size or None
 
@@ -326,7 +344,7 @@ def evaluate(args, state, device, folder, critic=None):
         grid_on = n0 if mode == "resample" else resolution
         final_denoiser = sde.ends_with_denoiser(tweedie_flag(args), grid_on, n0)
         return {"resolution": resolution, "upscale": resolution / n0, "mode": label, "n": count,
-                **score(samples, refs, resolution, count, critic), "sample_seconds": seconds, "grid": grid,
+                **score(samples, refs, resolution, count, critic, law), "sample_seconds": seconds, "grid": grid,
                 "ends_with_denoiser": final_denoiser,
                 "score_evaluations": sde.score_evaluations(args.sampler, args.num_steps, final_denoiser)}
 
@@ -378,7 +396,24 @@ def markdown_table(rows):
                      f"{with_floor(r, 'fd', 2)} | {with_floor(r, 'confident', 3)} | {with_floor(r, 'precision', 3)} | "
                      f"{with_floor(r, 'recall', 3)} | {with_floor(r, 'vendi', 2)} | {with_floor(r, 'class_entropy', 2)} "
                      f"| {histogram} | {r['sample_seconds']:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + microstructure_table(rows))
+
+
+def microstructure_table(rows):
+    """The microstructure figures of the rows that have them: sample / true at N / continuum."""
+    found = [r for r in rows if "volume_fraction" in r]
+    if not found:
+        return []
+    lines = ["", "Microstructure statistics: samples / true samples at N / continuum (S2 error: root mean square "
+             "over lags up to r = 1/4; high band: power above the training grid's band):", "",
+             "| N | mode | volume fraction | S2 error (true) | interface length per area | sharpness N mean u(1-u) "
+             "| high-band share |", "|---|---|---|---|---|---|---|"]
+    for r in found:
+        lines.append(f"| {r['resolution']} | {r['mode']} | {r['volume_fraction']:.4f} / {r['volume_fraction_true']:.4f} / "
+                     f"{r['volume_fraction_continuum']:.4f} | {r['s2_error']:.4f} ({r['s2_error_true']:.4f}) | "
+                     f"{r['interface']:.2f} / {r['interface_true']:.2f} / {r['interface_continuum']:.2f} | "
+                     f"{r['sharpness']:.3f} / {r['sharpness_true']:.3f} | {r['high_band']:.4f} / {r['high_band_true']:.4f} |")
+    return lines
 
 
 def main(argv=None):
@@ -387,7 +422,7 @@ def main(argv=None):
     path = resolve_checkpoint(args.save_model, args.out_dir, args.checkpoint)
     state = load_checkpoint(path)
     args.data_root, data_line = data_root_of(args, state)
-    test_size = len(data.load_mnist(args.data_root, train=False, quiet=True).labels)
+    test_size = data.load_split(*run_dataset(state), args.data_root, train=False, quiet=True).count
     chosen = resolve_sampler(args, state["model_name"])
     validate(args, state["config"]["input_height"], test_size)
     if chosen:
@@ -414,6 +449,7 @@ def main(argv=None):
                   "path": os.path.abspath(critic_path), "sha256": frechet.file_sha256(critic_path)},
               "resample_noise": args.resample_noise, "resample_interp": args.resample_interp,
               "model": state["model_name"], "prior": state["prior_config"], "results": rows,
+              "dataset": dict(zip(("name", "options"), run_dataset(state))),
               "train_config": state["config"], "versions": versions()}
     write_json(result, os.path.join(folder, "results.json"))
     table = markdown_table(rows)

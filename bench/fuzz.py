@@ -30,7 +30,7 @@ import data  # noqa: E402
 import main as training  # noqa: E402
 import reproduce  # noqa: E402
 import test as evaluation  # noqa: E402
-from utils import UserError, atomic_torch_save, load_checkpoint, run_main, versions, write_text  # noqa: E402
+from utils import UserError, load_checkpoint, run_main, versions, write_text  # noqa: E402
 
 # cases per kind in the test suite; bench/fuzz.py multiplies them by --scale (100)
 SUITE_COUNTS = {"checkpoint": 40, "state dict": 12, "data file": 24, "fallback archive": 6, "run record": 6,

@@ -484,3 +484,31 @@ def test_band_errors_split_the_denoisers_error_at_the_14_grids_band():
         expected = 3 * torch.fft.fft2(wave).abs().pow(2).sum() / spectrum[..., mask].sum()
         assert rows[0][band] == pytest.approx(expected.item(), rel=1e-6)
         assert rows[0]["high" if band == "low" else "low"] < 1e-12
+
+
+def test_microstructure_study_trains_at_32_and_scores_every_grid_in_every_mode(tmp_path, monkeypatch):
+    import bench.microstructure as study
+    import reproduce
+    from tests.test_reproduce import TINY_PROFILE, _fast_eval_parser
+
+    monkeypatch.setitem(reproduce.PROFILES, "cpu", TINY_PROFILE)
+    monkeypatch.setattr(study.evaluation, "build_parser", _fast_eval_parser(study.evaluation.build_parser))
+    small = ["--dataset_option", "band=4", "--dataset_option", "ell=0.15", "--dataset_option", "fine=128",
+             "--dataset_option", "train_count=80", "--dataset_option", "test_count=24"]
+    argv = ["--models", "fno", "--priors", "standard", "--minutes", "0.004", "--runs_dir", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--data_root", str(tmp_path / "data"), "--num_samples", "8",
+            "--native_samples", "6", *small]
+    study.main(argv)
+    records = {r["recipe"]: r for r in study.load_records(study.parse_args(argv))}
+    assert set(records) == {"32", "32-64"}
+    assert [(row["resolution"], row["mode"]) for row in records["32"]["results"]] == [
+        (32, "n0"), (64, "resample-fourier"), (64, "native-bl"), (64, "native"),
+        (128, "resample-fourier"), (128, "native-bl"), (128, "native")]
+    assert [row["resolution"] for row in records["32-64"]["results"]] == [64, 128, 128, 128]
+    assert [level["grid"] for level in records["32-64"]["levels"]] == [32, 64]
+    native_128 = records["32"]["results"][-1]
+    assert native_128["n"] == 6 and native_128["interface_true"] > 0 and "s2_error" in native_128
+    report = (tmp_path / "results" / "microstructure.md").read_text()
+    assert "| fno | standard | 32 | 128 | native-bl | 8 |" in report and "Continuum values" in report
+    assert (tmp_path / "results" / "microstructure.png").exists()
+    assert (tmp_path / "results" / "microstructure_samples_fno.png").exists()

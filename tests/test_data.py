@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -201,3 +202,59 @@ def test_references_on_a_grid_finer_than_the_training_grid_are_the_real_digits_u
     low, high = data.evaluation_images(digits, 14, 28)
     assert torch.equal(low, data.training_images(digits, 14)) and torch.equal(high, data.training_images(digits, 28))
     assert torch.equal(data.evaluation_images(digits, 14, 56)[1], data.evaluation_images(digits, 28, 56)[1])
+
+
+SMALL_MICRO = ["band=4", "ell=0.15", "fine=64", "train_count=40", "test_count=12", "tau=0.5"]
+
+
+def test_dataset_options_are_typed_checked_and_named_when_refused():
+    options = data.dataset_options("microstructure", SMALL_MICRO)
+    assert options["band"] == 4 and options["tau"] == 0.5 and options["data_seed"] == 0
+    assert data.dataset_options("mnist", None) == {}
+    for bad, named in ((["nope=1"], "--dataset_option 'nope=1'"), (["band=x"], "expected int"),
+                       (["ell=-1"], "ell > 0"), (["train_count=1"], "train_count"), (["tau=1"], "KEY=VALUE")):
+        with pytest.raises(data.DataError, match=named):
+            data.dataset_options("microstructure" if bad != ["tau=1"] else "mnist", bad)
+    with pytest.raises(data.DataError, match="--dataset"):
+        data.dataset_options("cifar", None)
+
+
+def test_each_dataset_gives_edms_preconditioning_its_own_pixel_scale():
+    import sde
+
+    assert data.sigma_data("mnist") == sde.SIGMA_DATA == 0.28
+    options = data.dataset_options("microstructure", SMALL_MICRO)
+    p = 0.5 * math.erfc(0.5 / math.sqrt(2))  # Phi(-0.5)
+    assert data.sigma_data("microstructure", options) == pytest.approx(math.sqrt(p * (1 - p)), rel=1e-12)
+
+
+def test_a_microstructure_split_is_its_laws_samples_cached_once_per_grid(tmp_path, monkeypatch, capsys):
+    import microstructure
+
+    options = data.dataset_options("microstructure", SMALL_MICRO)
+    train = data.load_split("microstructure", options, str(tmp_path), train=True)
+    test = data.load_split("microstructure", options, str(tmp_path), train=False)
+    assert (train.count, test.count) == (40, 12) and train.source.startswith("microstructure generator")
+    law = microstructure.Microstructure(band=4, ell=0.15, fine=64, tau=0.5)
+    some = train.at_grid([3, 1], 16)  # a few: generated as asked, not cached
+    assert torch.equal(some, torch.cat([law.sample(1, [16], 0, 3)[16], law.sample(1, [16], 0, 1)[16]]))
+    assert not os.path.exists(train.folder)
+    everything = train.at_grid(list(range(40)), 32)  # the whole split: generated once and cached
+    assert torch.equal(everything, law.sample(40, [32], 0)[32])
+    assert not torch.equal(test.at_grid([0], 32), everything[:1])  # the test split has its own seed
+    cached = os.path.join(train.folder, "train_40_32.pt")
+    assert os.path.exists(cached)
+    monkeypatch.setattr(microstructure.Microstructure, "sample", lambda *a, **k: pytest.fail("generated again"))
+    again = data.load_split("microstructure", options, str(tmp_path), train=True)
+    assert torch.equal(again.at_grid(list(range(40)), 32), everything)
+    monkeypatch.undo()
+    with open(cached, "wb") as f:
+        f.write(b"damaged")
+    capsys.readouterr()
+    third = data.load_split("microstructure", options, str(tmp_path), train=True)
+    assert torch.equal(third.at_grid(list(range(40)), 32), everything)
+    assert "cannot be read: generating it again" in capsys.readouterr().out
+    with pytest.raises(data.DataError, match="divide the fine grid 64"):
+        train.at_grid([0], 24)
+    with pytest.raises(data.DataError, match="samples 0 .. 39"):
+        train.at_grid([40], 16)

@@ -1,6 +1,5 @@
 """Fuzzed inputs (bench/fuzz.py at the suite's counts): every case accepted as exactly what was saved, or
 refused in one line naming the file or flag; never a traceback, never a folder left by a refusal."""
-import os
 
 import pytest
 

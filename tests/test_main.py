@@ -149,6 +149,10 @@ BAD_FLAGS = [
     (["--levels", "14:-0.5,28:1.5"], "--levels"),
     (["--level_ema", "keep"], "--level_ema"),
     (["--grid_conditioning", "cells"], "--grid_conditioning"),
+    (["--dataset", "microstructure", "--input_height", "28"], "--input_height"),  # 28 does not divide 1024
+    (["--dataset", "microstructure", "--dataset_option", "ell=0"], "--dataset_option"),
+    (["--dataset_option", "band=4"], "--dataset_option"),  # MNIST takes none
+    (["--dataset", "cifar"], "--dataset"),
     (["--ema_decay", "1.5"], "--ema_decay"),
     (["--prior_name", "matern", "--matern_s", "0.5"], "--matern_s"),
     (["--model_arg", "no_such=1"], "--model_arg"),
