@@ -93,7 +93,9 @@ class Microstructure:
         return c * torch.sqrt(self.spectrum)
 
     def field(self, coefficients, points):
-        """f on the grid of `points` pixel centres a side: Re(E c E^T) with E[i, k] = e^{2 pi i k x_i}."""
+        """f on the grid of `points` pixel centres a side: Re(E c E^T) with E[i, k] = e^{2 pi i k x_i}, x_i =
+        (i + 1/2) / points (two complex matrix products: 3x faster here than an inverse FFT of the
+        zero-filled spectrum at 1,024, as the band holds 25 of the 1,024 modes a side)."""
         x = (torch.arange(points, dtype=torch.float64) + 0.5) / points
         k = torch.arange(-self.band, self.band + 1, dtype=torch.float64)
         basis = torch.exp(2j * math.pi * x[:, None] * k[None, :])
@@ -215,3 +217,38 @@ def figures(samples, true_images, law, n0):
             "sharpness": sharpness(samples), "sharpness_true": sharpness(true_images),
             "high_band": high_band_share(samples, n0 / 2), "high_band_true": high_band_share(true_images, n0 / 2),
             "spectrum_k": k.tolist(), "spectrum": power.tolist(), "spectrum_true": power_true.tolist()}
+
+
+def main(argv=None):
+    """Time the generator (COUNT microstructures at GRID from the default law), then print the statistics
+    of --stats_count of them at 32, 64 and 128 against the closed forms, and of the 32 images
+    Fourier-interpolated to 128 (what a 32 model that only interpolates would give)."""
+    import argparse
+    import time
+
+    from resample import fourier_resample
+
+    parser = argparse.ArgumentParser(description="Generate microstructures, report the time and their statistics.")
+    parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--grid", type=int, default=128)
+    parser.add_argument("--stats_count", type=int, default=200)
+    args = parser.parse_args(argv)
+    law = Microstructure()
+    started = time.perf_counter()
+    for first in range(0, args.count, 256):
+        law.sample(min(256, args.count - first), [args.grid], seed=0, first=first)
+    seconds = time.perf_counter() - started
+    print(f"{args.count} microstructures at {args.grid} (fine grid {law.fine}, {torch.get_num_threads()} threads): "
+          f"{seconds:.1f} s")
+    images = law.sample(args.stats_count, [32, 64, 128], seed=0)
+    images["32 -> 128 interpolated"] = fourier_resample(images[32], 128).clamp(0, 1)
+    print(f"continuum: volume fraction {law.volume_fraction():.4f}, interface length per area {law.interface_length():.3f}")
+    for name, grid in images.items():
+        lengths = interface_length(grid)
+        print(f"{name}: volume fraction {float(grid.mean()):.4f}, interface length {lengths.mean():.3f} +- "
+              f"{lengths.std() / math.sqrt(len(lengths)):.3f}, sharpness {sharpness(grid):.3f}, power above |k| = 16 "
+              f"{100 * high_band_share(grid, 16):.2f}% (n = {len(grid)})")
+
+
+if __name__ == "__main__":
+    main()
