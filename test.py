@@ -184,7 +184,7 @@ def resolutions(args, n0):
 MIN_SAMPLES = frechet.NEAREST + 1  # the fewest samples every figure of a row is defined for
 
 
-def validate(args, n0_saved, test_size):
+def validate(args, n0_saved, test_size, train_size=None, dataset=("mnist", {})):
     for name in ("num_samples_mmd", "num_steps"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(args, name)}")
@@ -208,9 +208,15 @@ def validate(args, n0_saved, test_size):
     native = args.num_samples_native or args.num_samples_mmd
     if native < MIN_SAMPLES:
         raise UserError(f"--num_samples_native must be at least {MIN_SAMPLES}, got {native} (as --num_samples_mmd)")
-    if max(args.num_samples_mmd, native) > test_size:
-        raise UserError(f"--num_samples_mmd {max(args.num_samples_mmd, native)} is larger than the "
-                        f"{test_size} MNIST test images available")
+    if max(args.num_samples_mmd, native) > min(test_size, train_size or test_size):
+        raise UserError(f"--num_samples_mmd {max(args.num_samples_mmd, native)} is larger than the {test_size} test "
+                        f"images (or the {train_size} training images of the floors) available")
+    if dataset[0] == "microstructure":
+        fine = dataset[1]["fine"]
+        for n in [n0_saved, *resolutions(args, n0_saved)]:
+            if fine % n:
+                raise UserError(f"--resolution / --upscale: the microstructures exist on the grids that divide their "
+                                f"fine grid {fine}, not on {n}")
 
 
 def trained_data_root(state):
@@ -306,8 +312,9 @@ NATIVE_NOTE = ("note: 'native' runs the network trained at {n0} on the {n}x{n} g
                "sample (noise for most networks); 'native-bl' is the mode that samples the fine grid")
 
 
-def evaluate(args, state, device, folder, critic=None):
-    """All requested figures as a list of dicts; grids written to `folder`."""
+def evaluate(args, state, device, folder, critic=None, refs=None):
+    """All requested figures as a list of dicts; grids written to `folder`. refs: the References to score
+    against (made here from args.data_root and args.seed if None)."""
     resolve_sampler(args, state["model_name"])  # callers that parsed test.py's flags themselves
     model, prior, config = restore(state, device, args.weights, getattr(args, "grid_conditioning", None),
                                    path=getattr(args, "save_model", "the checkpoint"))
@@ -317,7 +324,7 @@ def evaluate(args, state, device, folder, critic=None):
               f"its figures (FD, confident share, precision, recall, Vendi) are given on the grids that are "
               f"multiples of {critic.n0} only")
     dataset = run_dataset(state)
-    refs = References(args.data_root, n0, args.seed, dataset)
+    refs = refs or References(args.data_root, n0, args.seed, dataset)
     law = (microstructure.Microstructure(**{k: dataset[1][k] for k in microstructure.DEFAULTS})
            if dataset[0] == "microstructure" else None)
     if dataset[0] not in data.DIGITS:
@@ -422,9 +429,9 @@ def main(argv=None):
     path = resolve_checkpoint(args.save_model, args.out_dir, args.checkpoint)
     state = load_checkpoint(path)
     args.data_root, data_line = data_root_of(args, state)
-    test_size = data.load_split(*run_dataset(state), args.data_root, train=False, quiet=True).count
+    refs = References(args.data_root, state["config"]["input_height"], args.seed, run_dataset(state))
     chosen = resolve_sampler(args, state["model_name"])
-    validate(args, state["config"]["input_height"], test_size)
+    validate(args, state["config"]["input_height"], refs.test.count, refs.train.count, run_dataset(state))
     if chosen:
         print(chosen, flush=True)
     folder = args.results_dir or os.path.join(os.path.dirname(os.path.abspath(path)), f"eval-{timestamp()}")
@@ -435,7 +442,7 @@ def main(argv=None):
     critic, critic_path = load_critic(args.classifier)
     print(data_line, flush=True)
     ensure_writable_dir(folder, "--results_dir")  # made only now: a refused call leaves no folder
-    rows, source = evaluate(args, state, device, folder, critic)
+    rows, source = evaluate(args, state, device, folder, critic, refs)
     side_by_side(rows, folder)
     batch_size = args.batch_size or "auto"
     result = {"checkpoint": os.path.abspath(path), "epoch": state["epoch"], "weights": args.weights,

@@ -150,6 +150,8 @@ def load_checkpoint(path):
         raise UserError(f"checkpoint {path} does not exist")
     if os.path.isdir(path):
         raise UserError(f"checkpoint {path} is a folder, expected a .pt file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"checkpoint {path} is not readable (permissions)")
     try:
         check_zip_entries(path)
         with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
@@ -183,14 +185,21 @@ def check_zip_entries(path):
 
 def zip_like(path):
     """Whether a file starts as torch.save's zip archives do (a damaged checkpoint rather than another file)."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 # the fields of a run's checkpoint (main.Run.state) that sampling reads, and their types
 RUN_FIELDS = {"config": dict, "model_name": str, "model_kwargs": dict, "model": dict, "prior_config": dict,
               "prior": dict, "epoch": int, "step": int, "history": list}
 CONFIG_FIELDS = {"input_height": int, "parametrization": str}
+# fields later runs save and earlier ones lack: checked where present
+OPTIONAL_FIELDS = {"data_source": (str, type(None)), "ema": (dict, type(None))}
+OPTIONAL_CONFIG_FIELDS = {"dataset": str, "dataset_option": (list, type(None)), "grid_conditioning": str,
+                          "levels": str, "data_root": str}
 
 
 def check_run_state(state, path):
@@ -205,6 +214,12 @@ def check_run_state(state, path):
     for name, kind in CONFIG_FIELDS.items():
         if not isinstance(state["config"].get(name), kind):
             refuse(f"its config's {name!r} is {type(state['config'].get(name)).__name__}, expected {kind.__name__}")
+    for fields, where in ((OPTIONAL_FIELDS, state), (OPTIONAL_CONFIG_FIELDS, state["config"])):
+        for name, kinds in fields.items():
+            if name in where and not isinstance(where[name], kinds):
+                refuse(f"its {name!r} is {type(where[name]).__name__}")
+    if not all(isinstance(item, str) for item in state["config"].get("dataset_option") or []):
+        refuse("its config's 'dataset_option' holds something other than KEY=VALUE strings")
     for part in ("model", "ema"):
         weights = state.get(part)
         if part == "ema" and weights is None:

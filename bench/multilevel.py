@@ -207,7 +207,7 @@ def recipe_label(record):
 def fine_only_curve(records, model):
     """(minutes, FD) of the 28-only base runs of a network, by minutes."""
     return sorted((r["budget_minutes"], at_fine(r)["fd"]) for r in records
-                  if r["model"] == model and r["recipe"] == "28" and r["variant"] == BASE and at_fine(r).get("fd"))
+                  if r["model"] == model and r["recipe"] == "28" and r["variant"] == BASE and (at_fine(r) or {}).get("fd"))
 
 
 def minutes_for_fd(curve, fd):
@@ -228,7 +228,7 @@ def speedup_lines(records):
         if not r["recipe"].endswith("28") or r["recipe"] == "28":
             continue
         curve = fine_only_curve(records, r["model"])
-        fd = at_fine(r).get("fd")
+        fd = (at_fine(r) or {}).get("fd")
         needed = minutes_for_fd(curve, fd) if fd is not None and len(curve) > 1 else None
         share = "-" if needed is None else f"{100 * r['budget_minutes'] / needed:.0f}%"
         where = ("outside the 28-only curve (" + ", ".join(f"{m:g} min: FD {f:.1f}" for m, f in curve) + ")"

@@ -564,3 +564,22 @@ def test_a_kill_between_the_checkpoints_write_and_its_rename_keeps_the_previous_
     assert load_checkpoint(str(folder / "last.pt"))["epoch"] == 1
     assert call(tiny_args(tmp_path, "--n_epochs", "2", "--resume"), capsys)[0] == 0
     assert load_checkpoint(str(folder / "last.pt"))["epoch"] == 2
+
+
+NETWORKS = {"unet": ["--model", "unet", "--model_arg", "ch=8", "--model_arg", "ch_mult=1,2", "--model_arg", "num_res_blocks=1"],
+            "fno": ["--model", "fno", "--model_arg", "width=8", "--model_arg", "modes=4", "--model_arg", "n_layers=2"],
+            "cno": ["--model", "cno", "--model_arg", "n_levels=2", "--model_arg", "channel_multiplier=4",
+                    "--model_arg", "lift_channels=4"]}
+
+
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize("prior", ["standard", "lap_conv", "fno", "combined_conv", "matern"])
+def test_every_network_trains_through_levels_7_14_28_under_every_prior(tmp_path, capsys, network, prior):
+    argv = [*NETWORKS[network], *TINY[len(NETWORKS["unet"]):], "--data_root", str(tmp_path / "mnist"), "--out_dir",
+            str(tmp_path / "runs"), "--save_model", "run", "--levels", "7:0.5,14:0.25,28:0.25", "--n_epochs", "2",
+            "--batch_size", "16", "--prior_name", prior, "--val_every", "0"]
+    code, err = call(argv, capsys)
+    assert code == 0, err
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    assert [(s["grid"], s["steps"]) for s in state["level_stats"]] == [(7, 4), (14, 2), (28, 2)]
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
