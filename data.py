@@ -22,6 +22,7 @@ import gzip
 import importlib.util
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,8 @@ def _fallback_mnist(train, root):
                         f"fallback package '{FALLBACK_PACKAGE}' is not installed "
                         f"(pip install -r requirements.txt)")
     try:
-        with gzip.open(path, "rt") as f:
+        with gzip.open(path, "rt") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file warns before it is refused below
             table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
         if table.shape[1] != 28 * 28 + 1 or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
             raise ValueError(f"a table of shape {table.shape} with values {table.min()} to {table.max()}, "

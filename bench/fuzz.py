@@ -11,7 +11,9 @@ traceback from inside torch, numpy or argparse, or a damaged file that loads as 
 a finding. Cases are drawn from one seed, so a finding is repeated by running the same command.
 """
 import argparse
+import atexit
 import contextlib
+import faulthandler
 import gzip
 import io
 import os
@@ -156,8 +158,9 @@ def damaged_state(state, rng):
         state[part][key] = broken
     elif kind == "missing field":
         del state[rng.choice(["model_name", "model_kwargs", "prior_config", "prior", "history", "epoch"])]
-    elif kind == "field type":
-        state[rng.choice(["model_kwargs", "prior_config", "epoch", "config"])] = rng.choice(["x", 3, None, [1]])
+    elif kind == "field type":  # a value of another type than the field's (an int epoch stays an int)
+        field = rng.choice(["model_kwargs", "prior_config", "epoch", "config"])
+        state[field] = rng.choice(["x", None, [1]] + ([] if field == "epoch" else [3]))
     elif kind == "extra weight":
         state[part][key + "_extra"] = weight
     else:
@@ -354,8 +357,13 @@ def random_argv(parser, rng, base, paths, skip=()):
     return argv
 
 
+VERBOSE = False  # --verbose: each argument vector is printed before it runs
+
+
 def call_cli(entry, argv):
     """Run a CLI entry point in-process as its __main__ does: ('accepted' | exit code, stderr)."""
+    if VERBOSE:
+        print("argv:", argv, flush=True)
     err = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
@@ -414,61 +422,68 @@ def refuse_to_run(*args, **kwargs):
     raise Accepted
 
 
-def fuzz_all(scale=1, seed=0, folder=None, progress=None):
-    """Every kind at SUITE_COUNTS x scale; returns the Outcomes in SUITE_COUNTS order."""
-    rng = random.Random(seed)
+def fuzz_all(scale=1, seed=0, folder=None, progress=None, only=None):
+    """Every kind (or those in `only`) at SUITE_COUNTS x scale; returns the Outcomes in SUITE_COUNTS order.
+    Each kind draws from its own stream, seeded by (seed, kind), so a kind can be run again alone."""
     counts = {kind: max(1, round(n * scale)) for kind, n in SUITE_COUNTS.items()}
+    kinds = [kind for kind in SUITE_COUNTS if not only or kind in only]
     with tempfile.TemporaryDirectory() as scratch:
         folder = folder or scratch
         cwd = os.getcwd()
         os.chdir(folder)  # a relative path in a random argument vector lands here
         try:
-            return _fuzz_all(counts, rng, folder, progress)
+            os.environ["FSDIFF_OFFLINE"] = "1"  # never the network
+            runs = kind_runners(folder)
+            outcomes = []
+            for kind in kinds:
+                outcomes.append(runs[kind](counts[kind], random.Random(f"{seed}-{kind}")))
+                if progress:
+                    progress(outcomes[-1])
+            return outcomes
         finally:
             os.chdir(cwd)
 
 
-def _fuzz_all(counts, rng, folder, progress):
-    os.environ["FSDIFF_OFFLINE"] = "1"  # never the network
+def kind_runners(folder):
+    """{kind: run(count, rng) -> Outcome} over one scratch folder, with a tiny trained checkpoint."""
     source = tiny_checkpoint(folder)
-    outcomes = []
-
-    def step(outcome):
-        outcomes.append(outcome)
-        if progress:
-            progress(outcome)
-
-    step(fuzz_checkpoints(folder, counts["checkpoint"], rng, source))
-    step(fuzz_state_dicts(folder, counts["state dict"], rng, source))
-    step(fuzz_data_files(folder, counts["data file"], rng))
-    step(fuzz_fallback(folder, counts["fallback archive"], rng, patched))
-    step(fuzz_records(folder, counts["run record"], rng))
     resume_source = tiny_checkpoint(os.path.join(folder, "resume"))
-    step(fuzz_resume(folder, counts["resume state"], rng, resume_source))
     a_file = os.path.join(folder, "a-file")
     open(a_file, "w").close()
     data_roots = [os.path.join(folder, "no-mnist"), a_file, os.path.join(folder, "mnist0"), ""]
     outs = [os.path.join(folder, "out"), a_file, os.path.join(a_file, "below"), ""]
-    with patched(training, "run_epoch", refuse_to_run):
-        step(fuzz_cli("main.py argv", training.main, training.build_parser(), folder, counts["main.py argv"], rng,
-                      [*TINY_RUN, "--data_root", data_roots[0], "--out_dir", outs[0]],
-                      {"data_root": data_roots, "out_dir": outs, "save_model": ["run", "", "a/b", ".."]},
-                      skip=("resume", "device", "threads")))
-    with patched(evaluation, "evaluate", refuse_to_run):
-        step(fuzz_cli("test.py argv", evaluation.main, evaluation.build_parser(), folder, counts["test.py argv"],
-                      rng, ["--save_model", source, "--num_samples_mmd", "8", "--progress", "0", "--results_dir",
-                            os.path.join(folder, "eval")],
-                      {"data_root": data_roots, "results_dir": [os.path.join(folder, "e1"), a_file, ""],
-                       "save_model": [source, a_file, os.path.join(folder, "missing.pt"), ""],
-                       "classifier": ["none", a_file, os.path.join(folder, "missing.pt")],
-                       "out_dir": outs}, skip=("device",)))
-    with patched(reproduce, "train_run", refuse_to_run), patched(reproduce, "evaluate_run", refuse_to_run):
-        step(fuzz_cli("reproduce.py argv", reproduce.main, reproduce.build_parser(), folder,
-                      counts["reproduce.py argv"], rng, ["--data_root", data_roots[0], "--runs_dir",
-                                                         os.path.join(folder, "rr"), "--results",
-                                                         os.path.join(folder, "rres"), "--progress", "0"],
-                      {"data_root": data_roots, "runs_dir": outs, "results": outs}, skip=("device",)))
-    return outcomes
+
+    def main_argv(count, rng):
+        with patched(training, "run_epoch", refuse_to_run):
+            return fuzz_cli("main.py argv", training.main, training.build_parser(), folder, count, rng,
+                            [*TINY_RUN, "--data_root", data_roots[0], "--out_dir", outs[0]],
+                            {"data_root": data_roots, "out_dir": outs, "save_model": ["run", "", "a/b", ".."]},
+                            skip=("resume", "device", "threads"))
+
+    def test_argv(count, rng):
+        with patched(evaluation, "evaluate", refuse_to_run):
+            return fuzz_cli("test.py argv", evaluation.main, evaluation.build_parser(), folder, count, rng,
+                            ["--save_model", source, "--num_samples_mmd", "8", "--progress", "0", "--results_dir",
+                             os.path.join(folder, "eval")],
+                            {"data_root": data_roots, "results_dir": [os.path.join(folder, "e1"), a_file, ""],
+                             "save_model": [source, a_file, os.path.join(folder, "missing.pt"), ""],
+                             "classifier": ["none", a_file, os.path.join(folder, "missing.pt")],
+                             "out_dir": outs}, skip=("device",))
+
+    def reproduce_argv(count, rng):
+        with patched(reproduce, "train_run", refuse_to_run), patched(reproduce, "evaluate_run", refuse_to_run):
+            return fuzz_cli("reproduce.py argv", reproduce.main, reproduce.build_parser(), folder, count, rng,
+                            ["--data_root", data_roots[0], "--runs_dir", os.path.join(folder, "rr"), "--results",
+                             os.path.join(folder, "rres"), "--progress", "0"],
+                            {"data_root": data_roots, "runs_dir": outs, "results": outs}, skip=("device",))
+
+    return {"checkpoint": lambda count, rng: fuzz_checkpoints(folder, count, rng, source),
+            "state dict": lambda count, rng: fuzz_state_dicts(folder, count, rng, source),
+            "data file": lambda count, rng: fuzz_data_files(folder, count, rng),
+            "fallback archive": lambda count, rng: fuzz_fallback(folder, count, rng, patched),
+            "run record": lambda count, rng: fuzz_records(folder, count, rng),
+            "resume state": lambda count, rng: fuzz_resume(folder, count, rng, resume_source),
+            "main.py argv": main_argv, "test.py argv": test_argv, "reproduce.py argv": reproduce_argv}
 
 
 def report(outcomes, seed, scale, seconds, command):
@@ -490,11 +505,17 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=100, help="multiple of the suite's case counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="results/fuzz.md")
+    parser.add_argument("--only", nargs="+", choices=list(SUITE_COUNTS), default=None, help="these kinds only")
+    parser.add_argument("--verbose", action="store_true", help="print each argument vector before it runs")
     args = parser.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
     if not args.scale > 0:
         raise UserError(f"--scale must be positive, got {args.scale}")
     started = time.time()
-    outcomes = fuzz_all(args.scale, args.seed, progress=lambda o: print(
+    faulthandler.enable()  # a crash of the interpreter itself says where
+    atexit.register(lambda: print("[fuzz] the interpreter exits", flush=True))
+    outcomes = fuzz_all(args.scale, args.seed, only=args.only, progress=lambda o: print(
         f"{o.kind}: {o.tried} cases, {o.accepted} accepted, {o.refused} refused, {len(o.findings)} findings",
         flush=True))
     command = "python bench/fuzz.py " + " ".join(sys.argv[1:] if argv is None else argv)
