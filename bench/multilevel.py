@@ -307,8 +307,8 @@ def write_report(args, records):
         write_sample_panels(args, records)
 
 
-def draw_fd(records, path):
-    """FD at 28 against minutes, a line per recipe (coarse-only: its resample mode), a panel per network."""
+def model_panels(records, path, draw_panel):
+    """One panel per network of `records` (draw_panel(ax, model)), saved as a PNG at `path`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -316,6 +316,18 @@ def draw_fd(records, path):
     models = [m for m in reproduce.MODELS if any(r["model"] == m for r in records)]
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
+        draw_panel(ax, model)
+        ax.set_yscale("log")
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw_fd(records, path):
+    """FD at 28 against minutes, a line per recipe (coarse-only: its resample mode), a panel per network."""
+    def panel(ax, model):
         mine = [r for r in records if r["model"] == model]
         for label in dict.fromkeys(recipe_label(r) for r in mine):
             points = sorted((r["budget_minutes"], row["fd"]) for r in mine if recipe_label(r) == label
@@ -327,27 +339,17 @@ def draw_fd(records, path):
         if floors:
             ax.axhspan(min(floors), max(floors) * 1.02, color="gray", alpha=0.3, label="real vs real")
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_title(model)
         ax.set_xlabel("training minutes (2 CPU cores)")
         ax.set_ylabel("Frechet distance at 28")
-        if ax.get_lines():
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    model_panels(records, path, panel)
 
 
 def draw_loss(records, path):
     """The training loss on the 28 grid against training minutes (the trace's points on the 28 grid, a
     running mean of 8), multilevel against 28 only, at each network's longest budget."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = [m for m in reproduce.MODELS if any(r["model"] == m for r in records)]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    def panel(ax, model):
         mine = [r for r in records if r["model"] == model and r["train_config"]["input_height"] == FINE and r["trace"]]
         longest = max((r["budget_minutes"] for r in mine), default=None)
         for r in (r for r in mine if r["budget_minutes"] == longest):
@@ -359,12 +361,8 @@ def draw_loss(records, path):
         ax.set_title(f"{model}, {longest:g} min" if longest else model)
         ax.set_xlabel("training minutes")
         ax.set_ylabel("training loss on the 28 grid")
-        ax.set_yscale("log")
-        if ax.get_lines():
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    model_panels(records, path, panel)
 
 
 def write_sample_panels(args, records):
