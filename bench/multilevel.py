@@ -273,8 +273,11 @@ def write_report(args, records):
              "`--level_lr final`; the EMA restarted at each switch, `--level_ema restart`), scored by test.py with "
              "the network's `auto` sampler (25 score evaluations) at 28 against MNIST test, at the n stated. "
              "Each figure with its real-vs-real floor in brackets (real training digits against the same test "
-             "digits). Steps: per level where there are several. Recipes: " + "; ".join(
-                 f"`{name}` {options or 'the 28 grid only'}" for name, options in RECIPES.items()) + ".", "",
+             "digits). Steps: per level where there are several. Max load: the highest 1-minute load average in "
+             "training; above the 2 torch threads + 0.5 the run shared the CPU with other work, and its steps are not "
+             "its machine's. Recipes: " + "; ".join(
+                 f"`{name}` " + (" ".join(f"`--{k} {v}`" for k, v in options.items()) or "the 28 grid only")
+                 for name, options in RECIPES.items()) + ".", "",
              f"torch {versions()['torch']}. Machines: " + "; ".join(sorted(
                  {f"{machine_tag(h)}: {h}" for h in (reproduce.hardware(r) for r in records)})) + ".", "",
              "| model | recipe | minutes | steps | n | MMD 28 (floor) | FD 28 (floor) | confident (floor) "
