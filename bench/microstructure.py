@@ -161,23 +161,25 @@ def save_true_grid(args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=reproduce.MODELS, choices=reproduce.MODELS)
-    parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--models", nargs="+", default=reproduce.MODELS, choices=reproduce.MODELS,
+                        help="the networks, each at the CPU profile's size")
+    parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS, help="the priors Q")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES),
+                        help="32: trained at 32 only; 32-64: a quarter of the minutes on the 64 grid after 32")
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes per run")
     parser.add_argument("--dataset_option", action="append", metavar="KEY=VALUE",
                         help="a microstructure option (main.py --dataset_option), repeatable")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="one seed for data, init, training and sampling")
     parser.add_argument("--num_samples", type=int, default=1000, help="samples per figure at 32 and 64 (and 128 "
                                                                        "but raw native)")
     parser.add_argument("--native_samples", type=int, default=250, help="samples of raw native sampling")
-    parser.add_argument("--data_root", default="./data")
-    parser.add_argument("--runs_dir", default="runs/microstructure")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--commit", action="store_true")
-    parser.add_argument("--progress", type=int, default=0, choices=[0, 1])
-    parser.add_argument("--summary_only", action="store_true")
+    parser.add_argument("--data_root", default="./data", help="where the generated microstructures are cached")
+    parser.add_argument("--runs_dir", default="runs/microstructure", help="checkpoints (not committed)")
+    parser.add_argument("--results", default="results", help="where the records, the report and the figures go")
+    parser.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda")
+    parser.add_argument("--commit", action="store_true", help="git-commit the results after each run")
+    parser.add_argument("--progress", type=int, default=0, choices=[0, 1], help="1: progress bars")
+    parser.add_argument("--summary_only", action="store_true", help="rewrite the report from the records, train nothing")
     args = parser.parse_args(argv)
     if not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
