@@ -90,6 +90,18 @@ def bicubic_resample(x, size):
     return flat.reshape(*shape[:-2], *out)
 
 
+def power_outside_band(images, n):
+    """Share of the power of (..., N, N) images, each image's mean removed, at the modes an n-grid does
+    not hold: max(|k_1|, |k_2|) > n / 2, summed over the images. What a model trained on the n-grid has
+    to produce itself to fill the finer grid (a Fourier interpolation of n-grid images has none)."""
+    u = images.double()
+    power = torch.fft.fft2(u - u.mean(dim=(-2, -1), keepdim=True)).abs().pow(2)
+    power = power.reshape(-1, *power.shape[-2:]).sum(0)
+    k = wavenumbers(power.shape[-1]).abs()
+    outside = (k[:, None] > n / 2) | (k[None, :] > n / 2)
+    return float(power[outside].sum() / power.sum())
+
+
 def resample(x, size, method="fourier"):
     """Resample (..., h, w) with 'fourier' (exact, band-limited) or 'bicubic'."""
     if method == "fourier":

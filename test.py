@@ -27,7 +27,7 @@ import models
 import priors
 import sde
 from mmd import riesz_mmd
-from resample import resample
+from resample import power_outside_band, resample
 from utils import (ArgumentParser, UserError, check_dtypes, check_writable_dir, ensure_writable_dir, first_line, load_checkpoint,
                    resolve_device, run_main, save_grid, save_side_by_side, timestamp, versions, write_json, write_text)
 
@@ -288,7 +288,8 @@ def load_critic(path):
 
 def score(samples, refs, resolution, count, critic=None, law=None):
     """MMD of samples on the N-grid (N = resolution), MMD * n0 / N, the real-vs-real floor and
-    (at N > n0) the upsample oracles, same n; with a classifier, on grids it reads (multiples of its
+    (at N > n0) the upsample oracles and the share of power above the n0 band (samples, references,
+    oracle: resample.power_outside_band), same n; with a classifier, on grids it reads (multiples of its
     own), also its figures (frechet.classifier_figures: FD, confident share, class entropy,
     precision, recall, Vendi, each with its floor, and the class histogram)."""
     test_low, test_high = refs.images("test", count, resolution)
@@ -297,11 +298,18 @@ def score(samples, refs, resolution, count, critic=None, law=None):
     row = {"mmd": riesz_mmd(samples[:count], test_high), "floor_real": riesz_mmd(train_high, test_high)}
     row["mmd_scaled"], row["floor_scaled"] = row["mmd"] * scale, row["floor_real"] * scale
     if resolution > refs.n0:
-        for interp in ("fourier", "bicubic"):
-            row[f"oracle_{interp}"] = riesz_mmd(resample(train_low, resolution, interp).clamp(0, 1), test_high)
+        oracle = resample(train_low, resolution).clamp(0, 1)
+        row["oracle_fourier"] = riesz_mmd(oracle, test_high)
+        row["oracle_bicubic"] = riesz_mmd(resample(train_low, resolution, "bicubic").clamp(0, 1), test_high)
         row["oracle_fourier_scaled"] = row["oracle_fourier"] * scale
+        # the detail above the n0 grid's band: the samples' share of power there, the references', the oracle's
+        row["detail"], row["detail_real"], row["oracle_detail"] = (
+            power_outside_band(images, refs.n0) for images in (samples[:count], test_high, oracle))
     if critic is not None and resolution % critic.n0 == 0:
         row.update(frechet.classifier_figures(critic, samples[:count], train_high, test_high))
+        if resolution > refs.n0:  # the classifier's view of the Fourier oracle (real n0 images interpolated)
+            figures = frechet.classifier_figures(critic, oracle, train_high, test_high)
+            row.update({f"oracle_{key}": figures[key] for key in ("fd", "confident", "precision", "recall")})
     if law is not None:  # a microstructure run: its statistics against the truth at N and in the continuum
         row.update(microstructure.figures(samples[:count], test_high, law, refs.n0))
     return row
@@ -386,9 +394,9 @@ def markdown_table(rows):
     """Every row's figures, a classifier figure as 'value (floor)': the floor is real train digits
     against the same real test digits, at the same n."""
     lines = ["| N | mode | n | MMD | MMD n0/N | real-vs-real floor | oracle (Fourier) | oracle (bicubic) "
-             "| FD (floor) | confident (floor) | precision (floor) | recall (floor) | Vendi (floor) "
+             "| power above the n0 band (real, oracle) | FD (floor) | confident (floor) | precision (floor) | recall (floor) | Vendi (floor) "
              "| class entropy bits (floor) | digits 0-9 | sampling s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(r, key, digits=4):
         return f"{r[key]:.{digits}f}" if key in r else "-"
@@ -396,10 +404,13 @@ def markdown_table(rows):
     def with_floor(r, key, digits):
         return f"{r[key]:.{digits}f} ({r[key + '_floor']:.{digits}f})" if key in r else "-"
 
+    def detail(r):
+        return (f"{r['detail']:.2%} ({r['detail_real']:.2%}, {r['oracle_detail']:.2%})" if "detail" in r else "-")
+
     for r in rows:
         histogram = " ".join(map(str, r["class_histogram"])) if "class_histogram" in r else "-"
         lines.append(f"| {r['resolution']} | {r['mode']} | {r['n']} | {r['mmd']:.4f} | {r['mmd_scaled']:.4f} | "
-                     f"{r['floor_real']:.4f} | {fmt(r, 'oracle_fourier')} | {fmt(r, 'oracle_bicubic')} | "
+                     f"{r['floor_real']:.4f} | {fmt(r, 'oracle_fourier')} | {fmt(r, 'oracle_bicubic')} | {detail(r)} | "
                      f"{with_floor(r, 'fd', 2)} | {with_floor(r, 'confident', 3)} | {with_floor(r, 'precision', 3)} | "
                      f"{with_floor(r, 'recall', 3)} | {with_floor(r, 'vendi', 2)} | {with_floor(r, 'class_entropy', 2)} "
                      f"| {histogram} | {r['sample_seconds']:.0f} |")

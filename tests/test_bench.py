@@ -428,11 +428,16 @@ def test_multilevel_study_trains_each_recipe_scores_it_at_28_and_skips_finished_
         (14, "n0"), (28, "resample-fourier"), (28, "native-bl"), (28, "native"), (28, "native (pixel conditioning)")]
     at_28 = multilevel.at_fine(coarse, "native-bl")
     assert at_28["n"] == 8 and "oracle_fourier" in at_28 and "confident" in at_28 and "fd" in at_28
+    assert {"detail", "detail_real", "oracle_detail", "oracle_fd"} <= set(at_28)
     assert [level["grid"] for level in both["levels"]] == [14, 28] and both["train_config"]["levels"] == "14:0.5,28:0.5"
     assert all(0 < band["low"] and 0 < band["high"] for band in both["bands"]) and len(both["bands"]) == 5
     assert coarse["train_config"]["input_height"] == 14 and both["train_config"]["minutes"] == 0.004
     report = (tmp_path / "results" / "multilevel.md").read_text()
     assert "| fno | 14-28_50 | 0.004 |" in report and "interpolation floor (real 14 -> 28)" in report
+    oracle_row = next(line for line in report.splitlines() if line.startswith("| fno | interpolation floor"))
+    assert f"{at_28['oracle_fd']:.1f} ({at_28['fd_floor']:.1f})" in oracle_row
+    assert f"{at_28['oracle_detail']:.2%} ({at_28['detail_real']:.2%})" in oracle_row
+    assert f"| {at_28['detail']:.2%} ({at_28['detail_real']:.2%}) |" in report
     assert "## Where the denoiser errs at 28" in report
     for name in ("multilevel.png", "multilevel_loss.png", "multilevel_samples_fno.png"):
         assert (tmp_path / "results" / name).exists()
@@ -447,6 +452,12 @@ def test_multilevel_minutes_for_an_fd_interpolate_the_fine_only_curve_log_log():
     assert multilevel.minutes_for_fd(curve, 50.0) == pytest.approx(20.0)
     assert multilevel.minutes_for_fd(curve, 100 / 2 ** 0.5) == pytest.approx(10 * 2 ** 0.5)  # halfway in logs
     assert multilevel.minutes_for_fd(curve, 120.0) is None and multilevel.minutes_for_fd(curve, 30.0) is None
+    assert multilevel.minutes_cells(curve, 50.0, 10) == ("20.0", "50%")
+    # better than the longest 28-only run: more than its 40 minutes, so 10 minutes are under 25% of them
+    assert multilevel.minutes_cells(curve, 30.0, 10) == ("more than 40 (10 min: FD 100.0, 20 min: FD 50.0, "
+                                                         "40 min: FD 40.0)", "< 25%")
+    assert multilevel.minutes_cells(curve, 120.0, 10)[1] == "-" and multilevel.minutes_cells([], 50.0, 10) == ("-", "-")
+    assert multilevel.minutes_cells([(10.0, 100.0)], 60.0, 5) == ("more than 10 (10 min: FD 100.0)", "< 50%")
 
 
 @pytest.mark.parametrize("flags,message", [

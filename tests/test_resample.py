@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from resample import bicubic_resample, fourier_resample, truncate_noise
+from resample import bicubic_resample, fourier_resample, power_outside_band, truncate_noise
 
 
 def band_limited(n, modes=((3, 5, 0.3), (7, -2, 1.1), (0, 4, -0.5)), dtype=torch.float64):
@@ -84,3 +84,22 @@ def test_fourier_matrix_by_default_samples_the_folded_nyquist_mode_exactly():
     matrix = fourier_matrix(8, 4, dtype=torch.float64)
     assert torch.allclose(matrix @ signal, torch.sin(2 * math.pi * 2 * centres(4)), atol=1e-12)
     assert torch.sin(2 * math.pi * 2 * centres(4)).abs().min() == pytest.approx(1.0)
+
+
+def test_power_outside_band_is_the_share_of_the_modes_a_coarse_grid_does_not_hold(generator):
+    """Cosines of known amplitude on the 28 grid: power ~ amplitude^2, so a mode (3, 2) of amplitude 1
+    and a mode (9, 0) of amplitude 2 leave 4 / 5 of the power outside the 14 grid's band |k_i| <= 7;
+    the mode (7, 7) is inside it, and the image mean counts for nothing. A 14 image Fourier-interpolated
+    to 28 has no power outside."""
+    x = (torch.arange(28, dtype=torch.float64) + 0.5) / 28
+    X, Y = torch.meshgrid(x, x, indexing="ij")
+    wave = lambda k1, k2: torch.cos(2 * math.pi * (k1 * X + k2 * Y))
+    images = (5.0 + wave(3, 2) + 2 * wave(9, 0))[None, None]
+    assert power_outside_band(images, 14) == pytest.approx(4 / 5, rel=1e-12)
+    assert power_outside_band(images, 28) == pytest.approx(0.0, abs=1e-12)
+    assert power_outside_band((wave(7, 7) + wave(0, 8))[None, None], 14) == pytest.approx(1 / 2, rel=1e-12)
+    # over a batch the powers add before the share is taken
+    batch = torch.stack([wave(3, 2), 3 * wave(0, 10)])[:, None]
+    assert power_outside_band(batch, 14) == pytest.approx(9 / 10, rel=1e-12)
+    coarse = torch.rand(4, 1, 14, 14, generator=generator, dtype=torch.float64)
+    assert power_outside_band(fourier_resample(coarse, 28), 14) == pytest.approx(0.0, abs=1e-12)

@@ -47,7 +47,7 @@ def test_evaluation_reports_every_mode_with_floors_and_oracles(trained, tmp_path
     import data
     import sde
     from mmd import riesz_mmd
-    from resample import resample
+    from resample import power_outside_band, resample
     from utils import load_checkpoint
 
     results = tmp_path / "eval"
@@ -79,11 +79,13 @@ def test_evaluation_reports_every_mode_with_floors_and_oracles(trained, tmp_path
         assert row["floor_real"] == pytest.approx(riesz_mmd(train_high, test_high), rel=1e-9)
         assert row["mmd_scaled"] == pytest.approx(row["mmd"] * 28 / resolution, rel=1e-12)
         if resolution > 28:
-            oracle = riesz_mmd(resample(train_low, resolution).clamp(0, 1), test_high)
-            assert row["oracle_fourier"] == pytest.approx(oracle, rel=1e-9)
+            oracle_images = resample(train_low, resolution).clamp(0, 1)
+            assert row["oracle_fourier"] == pytest.approx(riesz_mmd(oracle_images, test_high), rel=1e-9)
+            for key, images in (("detail", samples), ("detail_real", test_high), ("oracle_detail", oracle_images)):
+                assert row[key] == pytest.approx(power_outside_band(images, 28), rel=1e-9), key
             assert row["ends_with_denoiser"] == (mode != "resample-fourier")
         else:
-            assert "oracle_fourier" not in row and row["ends_with_denoiser"] is False
+            assert "oracle_fourier" not in row and "detail" not in row and row["ends_with_denoiser"] is False
     assert report["seed"] == 0 and report["versions"]["torch"]
     assert report["batch_size"] == "auto" and report["device"] == "cpu"
     assert {"results.md", "samples_28_native.png", "samples_56_resample.png",
