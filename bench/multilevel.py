@@ -57,6 +57,7 @@ RECIPES = {
 # the study of the issue: every recipe at 10 and 20 minutes but 14-only and 7-14-28 at 20
 DEFAULT_PLAN = [("28", 10), ("28", 20), ("14-28_50", 10), ("14-28_75", 10), ("14-28_90", 10), ("14", 20),
                 ("14-28_50", 20), ("14-28_75", 20), ("14-28_90", 20), ("7-14-28", 20)]
+MULTILEVEL = [name for name, options in RECIPES.items() if "levels" in options]  # the recipes that end at 28
 BASE = "base"
 BAND_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3)  # sigma(t) = 0.08, 0.17, 0.34, 0.72, 1.23 (pixel sd of the data 0.28)
 LOW_BAND = 7  # |k_i| <= 7: the modes a 14 grid holds
@@ -253,7 +254,7 @@ def speedup_lines(records):
     same FD at 28, and that as a share of the run's own minutes."""
     lines = []
     for r in records:
-        if not r["recipe"].endswith("28") or r["recipe"] == "28":
+        if r["recipe"] not in MULTILEVEL:
             continue
         fd = (at_fine(r) or {}).get("fd")
         where, share = minutes_cells(fine_only_curve(records, r["model"]), fd, r["budget_minutes"])
@@ -416,8 +417,7 @@ def write_sample_panels(args, records):
                 return None
             best = min(found, key=lambda r: (-r["budget_minutes"], at_fine(r, mode).get("fd") or math.inf))
             return at_fine(best, mode).get("grid_path")
-        multilevel = [name for name in RECIPES if name.endswith("28") and name != "28"]
-        panels = [pick(["14"], "resample-fourier"), pick(["14"], "native"), pick(multilevel), pick(["28"])]
+        panels = [pick(["14"], "resample-fourier"), pick(["14"], "native"), pick(MULTILEVEL), pick(["28"])]
         save_side_by_side([p for p in panels if p], os.path.join(args.results, f"multilevel_samples_{model}.png"))
 
 

@@ -439,6 +439,8 @@ def test_multilevel_study_trains_each_recipe_scores_it_at_28_and_skips_finished_
     assert f"{at_28['oracle_detail']:.2%} ({at_28['detail_real']:.2%})" in oracle_row
     assert f"| {at_28['detail']:.2%} ({at_28['detail_real']:.2%}) |" in report
     assert "## Where the denoiser errs at 28" in report
+    assert "## Minutes against the 28-only curve" in report and "| fno | 14-28_50 | 0.004 |" in report.split(
+        "## Minutes against")[1]
     for name in ("multilevel.png", "multilevel_loss.png", "multilevel_samples_fno.png"):
         assert (tmp_path / "results" / name).exists()
     monkeypatch.setattr(multilevel, "run_one", lambda *a: pytest.fail("a finished run was trained again"))
