@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reproduce  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.compute import machine_tag  # noqa: E402
+from bench.report import add_study_flags  # noqa: E402
 from utils import (UserError, load_checkpoint, read_json, run_main, save_grid, save_side_by_side, versions,  # noqa: E402
                    write_json, write_text)
 
@@ -173,13 +174,7 @@ def parse_args(argv=None):
     parser.add_argument("--num_samples", type=int, default=1000, help="samples per figure at 32 and 64 (and 128 "
                                                                        "but raw native)")
     parser.add_argument("--native_samples", type=int, default=250, help="samples of raw native sampling")
-    parser.add_argument("--data_root", default="./data", help="where the generated microstructures are cached")
-    parser.add_argument("--runs_dir", default="runs/microstructure", help="checkpoints (not committed)")
-    parser.add_argument("--results", default="results", help="where the records, the report and the figures go")
-    parser.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda")
-    parser.add_argument("--commit", action="store_true", help="git-commit the results after each run")
-    parser.add_argument("--progress", type=int, default=0, choices=[0, 1], help="1: progress bars")
-    parser.add_argument("--summary_only", action="store_true", help="rewrite the report from the records, train nothing")
+    add_study_flags(parser, "where the generated microstructures are cached", "runs/microstructure")
     args = parser.parse_args(argv)
     if not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")

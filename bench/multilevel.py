@@ -20,7 +20,7 @@ Records: results/multilevel/NAME.json (one per run, committed as it lands with -
 results/multilevel.md, results/multilevel.png (FD at 28 against minutes, a line per recipe, a panel
 per network, the floor as a band), results/multilevel_loss.png (the training loss on the 28 grid
 against minutes, multilevel against 28 only) and results/multilevel_samples_MODEL.png (the same
-seeds: 14-only resample | 14-only native | the best multilevel run | 28 only). Finished runs are
+seeds: 14-only resample | native-bl | raw native | the best multilevel run | 28 only). Finished runs are
 skipped, interrupted ones resume (reproduce.py's machinery). A budget is wall-clock time on one
 machine: compare runs of one machine (the record names it), and note the load column.
 
@@ -41,6 +41,7 @@ import reproduce  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.compute import machine_tag, parse_train_options  # noqa: E402
+from bench.report import add_study_flags  # noqa: E402
 from utils import (UserError, load_checkpoint, read_json, run_main, save_side_by_side, versions,  # noqa: E402
                    write_json, write_text)
 
@@ -407,8 +408,9 @@ def draw_loss(records, path):
 
 
 def write_sample_panels(args, records):
-    """results/multilevel_samples_MODEL.png: 14-only resample | 14-only native | the multilevel run with the
-    lowest FD | 28 only, at the longest budget each has (the same sampling seed, so the same noise)."""
+    """results/multilevel_samples_MODEL.png: 14-only resample | 14-only native-bl | 14-only raw native | the
+    multilevel run with the lowest FD | 28 only, at the longest budget each has (the same sampling seed:
+    the same noise on the 28 grid, so the same digits but for resample, whose noise is drawn at 14)."""
     for model in reproduce.MODELS:
         mine = [r for r in records if r["model"] == model and r["variant"] == BASE]
         def pick(recipes, mode=None):
@@ -417,7 +419,8 @@ def write_sample_panels(args, records):
                 return None
             best = min(found, key=lambda r: (-r["budget_minutes"], at_fine(r, mode).get("fd") or math.inf))
             return at_fine(best, mode).get("grid_path")
-        panels = [pick(["14"], "resample-fourier"), pick(["14"], "native"), pick(MULTILEVEL), pick(["28"])]
+        panels = [pick(["14"], "resample-fourier"), pick(["14"], "native-bl"), pick(["14"], "native"), pick(MULTILEVEL),
+                  pick(["28"])]
         save_side_by_side([p for p in panels if p], os.path.join(args.results, f"multilevel_samples_{model}.png"))
 
 
@@ -457,13 +460,7 @@ def parse_args(argv=None):
                         help="a main.py option of this variant, repeatable (e.g. level_ema=carry)")
     parser.add_argument("--num_samples", type=int, default=1000, help="samples and test digits per figure")
     parser.add_argument("--band_samples", type=int, default=500, help="test digits of the per-band denoiser error")
-    parser.add_argument("--data_root", default="./data", help="the MNIST folder")
-    parser.add_argument("--runs_dir", default="runs/multilevel", help="checkpoints (not committed)")
-    parser.add_argument("--results", default="results", help="where the records, the report and the figures go")
-    parser.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda")
-    parser.add_argument("--commit", action="store_true", help="git-commit the results after each run")
-    parser.add_argument("--progress", type=int, default=0, choices=[0, 1], help="1: progress bars")
-    parser.add_argument("--summary_only", action="store_true", help="rewrite the report from the records, train nothing")
+    add_study_flags(parser, "the MNIST folder", "runs/multilevel")
     args = parser.parse_args(argv)
     args.plan = parse_plan(args.runs)
     if not args.variant or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in args.variant):

@@ -10,6 +10,18 @@ def run_label(model, prior, checkpoint):
     return f"{model} / {prior} ({run})"
 
 
+def add_study_flags(parser, data_help, runs_dir):
+    """The flags the training studies (multilevel.py, microstructure.py) share: where the data, the
+    checkpoints and the results go, the device, committing, progress bars, the report alone."""
+    parser.add_argument("--data_root", default="./data", help=data_help)
+    parser.add_argument("--runs_dir", default=runs_dir, help="checkpoints (not committed)")
+    parser.add_argument("--results", default="results", help="where the records, the report and the figures go")
+    parser.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda")
+    parser.add_argument("--commit", action="store_true", help="git-commit the results after each run")
+    parser.add_argument("--progress", type=int, default=0, choices=[0, 1], help="1: progress bars")
+    parser.add_argument("--summary_only", action="store_true", help="rewrite the report from the records, train nothing")
+
+
 def write_report(output, lines, records, seed, group_key, draw_panel):
     """OUTPUT (Markdown lines), OUTPUT.json ({records, seed, versions}) and OUTPUT.png, whose
     panels are draw_panel(ax, rows) for the rows of each value of group_key(row), in order."""
