@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reproduce  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.compute import machine_tag  # noqa: E402
-from bench.report import add_study_flags  # noqa: E402
-from utils import (UserError, load_checkpoint, read_json, run_main, save_grid, save_side_by_side, versions,  # noqa: E402
+from bench.report import add_study_flags, read_records  # noqa: E402
+from utils import (UserError, load_checkpoint, run_main, save_grid, save_side_by_side, versions,  # noqa: E402
                    write_json, write_text)
 
 RECIPES = {"32": {"input_height": 32}, "32-64": {"input_height": 64, "levels": "32:0.75,64:0.25"}}
@@ -77,10 +77,7 @@ def run_one(args, model, prior, recipe, command):
 
 
 def load_records(args):
-    folder = os.path.join(args.results, "microstructure")
-    if not os.path.isdir(folder):
-        return []
-    return [read_json(os.path.join(folder, f), "record") for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    return read_records(os.path.join(args.results, "microstructure"), lambda record: report_lines(args, [record]))
 
 
 def row_line(record, row):
@@ -91,8 +88,8 @@ def row_line(record, row):
             f"{100 * row['high_band']:.2f}% / {100 * row['high_band_true']:.2f}% |")
 
 
-def write_report(args, records):
-    records = sorted(records, key=lambda r: (reproduce.MODELS.index(r["model"]), PRIORS.index(r["prior"]), r["recipe"]))
+def report_lines(args, records):
+    """results/microstructure.md's lines for `records`, in their order."""
     continuum = next((row for r in records for row in r["results"]), None)
     lines = ["# Microstructures: detail on grids finer than the training grid", "", "Made by", "",
              "    python bench/microstructure.py --data_root ../shared/data --commit", "",
@@ -108,8 +105,12 @@ def write_report(args, records):
     lines += [f"torch {versions()['torch']}. Machines: {'; '.join(hosts) or '-'}.", "",
               "| model | prior | recipe | N | mode | n | MMD (floor) | volume fraction | S2 error (true) | interface "
               "length | sharpness | power above the 32 band |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [row_line(r, row) for r in records for row in r["results"]]
-    write_text("\n".join(lines) + "\n", os.path.join(args.results, "microstructure.md"))
+    return lines + [row_line(r, row) for r in records for row in r["results"]]
+
+
+def write_report(args, records):
+    records = sorted(records, key=lambda r: (reproduce.MODELS.index(r["model"]), PRIORS.index(r["prior"]), r["recipe"]))
+    write_text("\n".join(report_lines(args, records)) + "\n", os.path.join(args.results, "microstructure.md"))
     if records:
         draw_spectra(records, os.path.join(args.results, "microstructure.png"))
         for model in reproduce.MODELS:

@@ -41,8 +41,8 @@ import reproduce  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from bench.compute import machine_tag, parse_train_options  # noqa: E402
-from bench.report import add_study_flags  # noqa: E402
-from utils import (UserError, load_checkpoint, read_json, run_main, save_side_by_side, versions,  # noqa: E402
+from bench.report import add_study_flags, read_records  # noqa: E402
+from utils import (UserError, load_checkpoint, run_main, save_side_by_side, versions,  # noqa: E402
                    write_json, write_text)
 
 FINE = 28
@@ -167,10 +167,7 @@ def run_one(args, model, recipe, budget, command):
 # ---------------------------------------------------------------- the report
 
 def load_records(args):
-    folder = os.path.join(args.results, "multilevel")
-    if not os.path.isdir(folder):
-        return []
-    return [read_json(os.path.join(folder, f), "record") for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    return read_records(os.path.join(args.results, "multilevel"), lambda record: report_lines(args, [record]))
 
 
 def at_fine(record, mode=None):
@@ -287,7 +284,8 @@ def band_lines(records):
             "|---|---|---|" + "---|" * len(BAND_TIMES), *lines]
 
 
-def write_report(args, records):
+def report_lines(args, records):
+    """results/multilevel.md's lines for `records`."""
     records = sorted(records, key=lambda r: (reproduce.MODELS.index(r["model"]), r["budget_minutes"],
                                              list(RECIPES).index(r["recipe"]), r["variant"]))
     commands = sorted({r["command"] for r in records})
@@ -329,9 +327,12 @@ def write_report(args, records):
                 detail = (f"{row['detail']:.2%} ({row['detail_real']:.2%})" if "detail" in row else "-")
                 lines.append(result_line(r, row, f"{recipe_label(r)}, {row['mode']}", detail))
             lines.append(oracle_line(r, rows[0]) if rows else "")
-    lines += speedup_lines(records) + band_lines(records)
+    return lines + speedup_lines(records) + band_lines(records)
+
+
+def write_report(args, records):
     os.makedirs(args.results, exist_ok=True)
-    write_text("\n".join(lines) + "\n", os.path.join(args.results, "multilevel.md"))
+    write_text("\n".join(report_lines(args, records)) + "\n", os.path.join(args.results, "multilevel.md"))
     if records:
         draw_fd(records, os.path.join(args.results, "multilevel.png"))
         draw_loss(records, os.path.join(args.results, "multilevel_loss.png"))

@@ -1,13 +1,31 @@
 """Shared output of the bench scripts: a Markdown table, the records as JSON, one plot panel per group."""
 import os
 
-from utils import versions, write_json
+from utils import UserError, first_line, read_json, versions, write_json
 
 
 def run_label(model, prior, checkpoint):
     """'model / prior (run folder)': rows of several seeds of one model stay apart."""
     run = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
     return f"{model} / {prior} ({run})"
+
+
+def read_records(folder, render):
+    """The records of a study in `folder` (NAME.json, by name). A record the report code cannot render
+    alone (`render(record)`: a damaged or foreign file) is refused in one line naming it."""
+    if not os.path.isdir(folder):
+        return []
+    records = []
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".json")):
+        path = os.path.join(folder, name)
+        record = read_json(path, "record")
+        try:
+            render(record)
+        except Exception as error:  # whatever a damaged record makes the report code raise
+            raise UserError(f"record {path} is not one this code reads ({first_line(error)}); move it aside (its run "
+                            f"is made again) or restore it") from error
+        records.append(record)
+    return records
 
 
 def add_study_flags(parser, data_help, runs_dir):

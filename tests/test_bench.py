@@ -525,3 +525,16 @@ def test_microstructure_study_trains_at_32_and_scores_every_grid_in_every_mode(t
     assert "| fno | standard | 32 | 128 | native-bl | 8 |" in report and "Continuum values" in report
     assert (tmp_path / "results" / "microstructure.png").exists()
     assert (tmp_path / "results" / "microstructure_samples_fno.png").exists()
+
+
+@pytest.mark.parametrize("study,folder", [("multilevel", "multilevel"), ("microstructure", "microstructure")])
+@pytest.mark.parametrize("text", ['{"model": "fno"}', "[]", "", '{"model": "fno", "recipe": "28", "results": 3}'])
+def test_a_study_refuses_a_damaged_record_in_one_line_naming_it(tmp_path, study, folder, text):
+    import importlib
+
+    module = importlib.import_module(f"bench.{study}")
+    records = tmp_path / "results" / folder
+    records.mkdir(parents=True)
+    (records / "damaged.json").write_text(text)
+    with pytest.raises(UserError, match="damaged.json"):
+        module.main(["--summary_only", "--results", str(tmp_path / "results")])
