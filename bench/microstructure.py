@@ -47,18 +47,26 @@ def record_path(args, model, prior, recipe):
 
 
 def evaluate(args, run_folder, n0):
-    """test.py's rows: n0, and every finer grid of GRIDS in the three modes (raw native at --native_samples)."""
+    """test.py's rows: n0 and the finer grids of GRIDS below the finest at --num_samples, the finest at
+    --fine_samples, each in the three modes (raw native at --native_samples or fewer)."""
     state = load_checkpoint(os.path.join(run_folder, "last.pt"))
     folder = os.path.join(run_folder, "eval")
     os.makedirs(folder, exist_ok=True)
-    finer = [str(n) for n in GRIDS if n > n0]
-    flags = ["--save_model", run_folder, "--checkpoint", "last", "--seed", str(args.seed), "--sampler", "auto",
-             "--data_root", args.data_root, "--device", args.device, "--progress", str(args.progress),
-             "--num_samples_mmd", str(args.num_samples), "--num_samples_native", str(args.native_samples),
-             "--resample_noise", "n0", "--results_dir", folder, "--sample_mode", "resample", "native-bl", "native",
-             *(["--resolution", *finer] if finer else ["--upscale", "1"])]
-    eval_args = evaluation.build_parser().parse_args(flags)
-    rows, _ = evaluation.evaluate(eval_args, state, evaluation.resolve_device(args.device), folder)
+    finest = max(GRIDS)
+    groups = [([n for n in GRIDS if n0 < n < finest], args.num_samples),
+              ([finest] if n0 < finest else [], args.fine_samples)]
+    rows = []
+    for index, (grids, count) in enumerate(groups):
+        if index and not grids:
+            break
+        flags = ["--save_model", run_folder, "--checkpoint", "last", "--seed", str(args.seed), "--sampler", "auto",
+                 "--data_root", args.data_root, "--device", args.device, "--progress", str(args.progress),
+                 "--num_samples_mmd", str(count), "--num_samples_native", str(min(count, args.native_samples)),
+                 "--resample_noise", "n0", "--results_dir", folder, "--sample_mode", "resample", "native-bl", "native",
+                 *(["--resolution", *map(str, grids)] if grids else ["--upscale", "1"])]
+        eval_args = evaluation.build_parser().parse_args(flags)
+        found, _ = evaluation.evaluate(eval_args, state, evaluation.resolve_device(args.device), folder)
+        rows += found if index == 0 else found[1:]  # the n0 row once, at --num_samples
     return state, [{**row, "grid_path": os.path.join(folder, row["grid"])} for row in rows]
 
 
@@ -172,15 +180,17 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_option", action="append", metavar="KEY=VALUE",
                         help="a microstructure option (main.py --dataset_option), repeatable")
     parser.add_argument("--seed", type=int, default=0, help="one seed for data, init, training and sampling")
-    parser.add_argument("--num_samples", type=int, default=1000, help="samples per figure at 32 and 64 (and 128 "
-                                                                       "but raw native)")
+    parser.add_argument("--num_samples", type=int, default=1000,
+                        help="samples per figure on the grids below the finest (raw native: --native_samples)")
+    parser.add_argument("--fine_samples", type=int, default=250,
+                        help="samples per figure on the finest grid (%d)" % max(GRIDS))
     parser.add_argument("--native_samples", type=int, default=250, help="samples of raw native sampling")
     add_study_flags(parser, "where the generated microstructures are cached", "runs/microstructure")
     args = parser.parse_args(argv)
     if not args.minutes > 0:
         raise UserError(f"--minutes must be positive, got {args.minutes}")
-    if min(args.num_samples, args.native_samples) < evaluation.MIN_SAMPLES:
-        raise UserError(f"--num_samples and --native_samples must be at least {evaluation.MIN_SAMPLES}")
+    if min(args.num_samples, args.native_samples, args.fine_samples) < evaluation.MIN_SAMPLES:
+        raise UserError(f"--num_samples, --native_samples and --fine_samples must be at least {evaluation.MIN_SAMPLES}")
     return args
 
 

@@ -176,6 +176,82 @@ def bench_activation(args, device, lines):
     lines.append("")
 
 
+def matmul_peak_gflops(device, size=2048, repeats=5):
+    """This machine's fp32 peak as torch reaches it: GFLOP/s of a size x size matmul (2 size^3 flops)."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    return 2 * size ** 3 / median_time(lambda: a @ b, repeats, device) / 1e9
+
+
+def step_flops(step):
+    """Flops of one call of `step` as torch's FlopCounterMode counts them: matmuls and convolutions,
+    forward and backward (FFTs and elementwise ops are not counted, so the share of peak is a lower bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def fft_share(step):
+    """The share of one step's CPU time spent in FFT kernels (torch.profiler's self times)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if "fft" in e.key.lower()) / max(total, 1e-9)
+
+
+def bench_peak(args, device, lines):
+    """Each network's training step as a share of the measured fp32 matmul peak, and its FFT share."""
+    peak = matmul_peak_gflops(device)
+    lines += ["## Share of the fp32 peak", "",
+              f"Peak: a 2048 x 2048 fp32 matmul, {peak:.1f} GFLOP/s (torch threads {torch.get_num_threads()}). "
+              f"Training step: batch {args.batch}, 28x28, forward + backward + Adam, median of {args.repeats}; "
+              "flops as torch.utils.flop_counter counts them (matmuls and convolutions; FFTs and elementwise "
+              "work not counted, so the share is a lower bound); FFT share from torch.profiler's self times.", "",
+              "| model | GFLOP per step | step s | GFLOP/s | share of peak | FFT share of the step |",
+              "|---|---|---|---|---|---|"]
+    prior = build_prior("standard", 28)
+    for label, name, kwargs in model_rows(args):
+        torch.manual_seed(0)
+        model = models.build_model(name, **kwargs).to(device)
+        step = train_step_fn(model, prior, args.batch, device, args.amp)
+        seconds = median_time(step, args.repeats, device)
+        gflop = step_flops(step) / 1e9
+        rate, fft = gflop / seconds, fft_share(step)
+        row = f"| {label} | {gflop:.2f} | {seconds:.3f} | {rate:.1f} | {100 * rate / peak:.1f} % | {100 * fft:.1f} % |"
+        print(row, flush=True)
+        lines.append(row)
+    lines.append("")
+
+
+def bench_threads(args, device, lines):
+    """Training step against torch's intra-op thread count (the machine's cores, one, half)."""
+    counts = sorted({1, max(1, (os.cpu_count() or 1) // 2), os.cpu_count() or 1})
+    before = torch.get_num_threads()
+    lines += ["## Threads (training step, batch %d, 28x28)" % args.batch, "",
+              "| model | " + " | ".join(f"{c} threads s" for c in counts) + " |", "|---|" + "---|" * len(counts)]
+    prior = build_prior("standard", 28)
+    try:
+        for label, name, kwargs in model_rows(args):
+            figures = []
+            for count in counts:
+                torch.set_num_threads(count)
+                torch.manual_seed(0)
+                model = models.build_model(name, **kwargs).to(device)
+                step = train_step_fn(model, prior, args.batch, device, args.amp)
+                figures.append(median_time(step, args.repeats, device))
+            row = f"| {label} | " + " | ".join(f"{f:.3f}" for f in figures) + " |"
+            print(row, flush=True)
+            lines.append(row)
+    finally:
+        torch.set_num_threads(before)
+    lines.append("")
+
+
 def bench_variants(args, device, lines):
     """Training-step time of the same model under channels-last, bf16 autocast, torch.compile."""
     lines += ["## Variants (training step, batch 64, 28x28)", "",
@@ -286,7 +362,8 @@ def bench_mmd(args, device, lines):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--only", choices=["models", "activation", "variants", "mmd", "reference"], default=None,
+    parser.add_argument("--only", default=None,
+                        choices=["models", "peak", "threads", "activation", "variants", "mmd", "reference"],
                         help="run one section (variants, which compiles models, runs only when named)")
     parser.add_argument("--models", nargs="+", default=list(models.MODELS), choices=list(models.MODELS))
     parser.add_argument("--profiles", nargs="+", default=["small", "paper"], choices=["small", "paper"])
@@ -311,6 +388,10 @@ def main():
              f"torch {info['torch']}, python {info['python']}; {time.strftime('%Y-%m-%d')}", ""]
     if args.only in (None, "models"):
         bench_models(args, device, lines)
+    if args.only in (None, "peak"):
+        bench_peak(args, device, lines)
+    if args.only in (None, "threads"):
+        bench_threads(args, device, lines)
     if args.only in (None, "activation"):
         bench_activation(args, device, lines)
     if args.only == "variants":

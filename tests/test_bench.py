@@ -510,7 +510,7 @@ def test_microstructure_study_trains_at_32_and_scores_every_grid_in_every_mode(t
              "--dataset_option", "train_count=80", "--dataset_option", "test_count=24"]
     argv = ["--models", "fno", "--priors", "standard", "--minutes", "0.004", "--runs_dir", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results"), "--data_root", str(tmp_path / "data"), "--num_samples", "8",
-            "--native_samples", "6", *small]
+            "--native_samples", "6", "--fine_samples", "7", *small]
     study.main(argv)
     records = {r["recipe"]: r for r in study.load_records(study.parse_args(argv))}
     assert set(records) == {"32", "32-64"}
@@ -519,10 +519,12 @@ def test_microstructure_study_trains_at_32_and_scores_every_grid_in_every_mode(t
         (128, "resample-fourier"), (128, "native-bl"), (128, "native")]
     assert [row["resolution"] for row in records["32-64"]["results"]] == [64, 128, 128, 128]
     assert [level["grid"] for level in records["32-64"]["levels"]] == [32, 64]
+    assert [row["n"] for row in records["32"]["results"]] == [8, 8, 8, 6, 7, 7, 6]  # the finest grid at 7
+    assert [row["n"] for row in records["32-64"]["results"]] == [8, 7, 7, 6]
     native_128 = records["32"]["results"][-1]
-    assert native_128["n"] == 6 and native_128["interface_true"] > 0 and "s2_error" in native_128
+    assert native_128["interface_true"] > 0 and "s2_error" in native_128
     report = (tmp_path / "results" / "microstructure.md").read_text()
-    assert "| fno | standard | 32 | 128 | native-bl | 8 |" in report and "Continuum values" in report
+    assert "| fno | standard | 32 | 128 | native-bl | 7 |" in report and "Continuum values" in report
     assert (tmp_path / "results" / "microstructure.png").exists()
     assert (tmp_path / "results" / "microstructure_samples_fno.png").exists()
 
@@ -538,3 +540,22 @@ def test_a_study_refuses_a_damaged_record_in_one_line_naming_it(tmp_path, study,
     (records / "damaged.json").write_text(text)
     with pytest.raises(UserError, match="damaged.json"):
         module.main(["--summary_only", "--results", str(tmp_path / "results")])
+
+
+def test_the_flop_count_of_a_step_is_two_m_k_n_per_matmul_and_counts_the_backward():
+    from bench.speed import step_flops
+
+    a = torch.randn(64, 32, requires_grad=True)
+    b = torch.randn(32, 16)
+    assert step_flops(lambda: a @ b) == 2 * 64 * 32 * 16
+    # backward of a @ b with respect to a: grad (64 x 16) @ b^T (16 x 32), another 2 m k n
+    assert step_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 64 * 32 * 16)
+
+
+def test_the_fft_share_of_a_step_is_near_one_for_ffts_alone_and_zero_without_them():
+    from bench.speed import fft_share
+
+    v = torch.randn(64, 8, 64, 64)
+    assert fft_share(lambda: torch.fft.rfft2(v)) > 0.5
+    w = torch.randn(256, 256)
+    assert fft_share(lambda: w @ w) == 0.0
