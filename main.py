@@ -109,6 +109,9 @@ class TrainConfig:
                                "is batch_size x number of processes")
     ema_decay: float = _opt(0.999, "decay of the exponential moving average of the weights used "
                                    "for sampling (0 disables EMA)")
+    ema_std: float = _opt(0.0, "EDM2's power-function EMA (Karras et al. 2024) in place of the exponential "
+                               "one: its relative standard deviation sigma_rel, e.g. 0.10 (a weight t^gamma on "
+                               "step t; at most 1/sqrt(12) = 0.289, the plain mean); 0: off")
     amp: int = _opt(0, "1: bfloat16 autocast for the training forward pass (for GPUs; the loss is "
                        "reduced in float32; on this project's CPU bf16 was measured 2.6x slower)",
                     choices=[0, 1])
@@ -188,6 +191,8 @@ def validate(config):
         raise UserError(f"--minutes must be >= 0, got {config.minutes}")
     if not 0 <= config.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
+    if not 0 <= config.ema_std <= 12 ** -0.5:
+        raise UserError(f"--ema_std must be in [0, {12 ** -0.5:.4f}] (0: off), got {config.ema_std}")
     if config.grad_clip < 0:
         raise UserError(f"--grad_clip must be >= 0, got {config.grad_clip}")
     if config.input_height < MIN_GRID:
@@ -303,6 +308,31 @@ def ema_with_warmup(decay):
     return update
 
 
+def power_ema_exponent(sigma_rel):
+    """EDM2's gamma for a relative standard deviation sigma_rel of the averaging profile t^gamma:
+    the largest real root of sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)), i.e. of
+    s g^3 + 7 s g^2 + (16 s - 1) g + (12 s - 1) = 0 with s = sigma_rel^2 (Karras et al. 2024, eq. 3)."""
+    import numpy as np
+
+    s = sigma_rel ** 2
+    roots = np.roots([s, 7 * s, 16 * s - 1, 12 * s - 1])
+    return float(max(root.real for root in roots if abs(root.imag) < 1e-9))
+
+
+def power_ema(gamma):
+    """EDM2's power-function EMA: theta_ema <- b_t theta_ema + (1 - b_t) theta, b_t = (1 - 1/t)^(gamma + 1),
+    t = 1, 2, ... the weights averaged so far (t = 1 copies them), so that step tau weighs about tau^gamma."""
+    def update(ema_params, params, num_averaged):
+        t = float(num_averaged) + 1
+        torch._foreach_lerp_(ema_params, params, 1 - (1 - 1 / t) ** (gamma + 1))
+    return update
+
+
+def ema_update(config):
+    """The EMA update main.py trains with: the power function (--ema_std), else the exponential one."""
+    return power_ema(power_ema_exponent(config.ema_std)) if config.ema_std > 0 else ema_with_warmup(config.ema_decay)
+
+
 class Run:
     """Everything a training run holds: data, prior, model, EMA, optimizer, RNG, history."""
 
@@ -321,9 +351,8 @@ class Run:
                                     grid_conditioning=config.grid_conditioning,
                                     grid_variance=self.prior.pixel_variance).to(device)
         self.ema = None
-        if config.ema_decay > 0:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=ema_with_warmup(config.ema_decay))
+        if config.ema_decay > 0 or config.ema_std > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_update(config))
         self.trained = self.model  # what the loss calls: the DDP wrapper under torchrun
         if self.dist.active:
             ids = [device.index] if device.type == "cuda" else None

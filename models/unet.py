@@ -1,4 +1,4 @@
-"""DDPM-style UNet score network without attention (Ho et al. 2020 layout).
+"""DDPM-style UNet score network (Ho et al. 2020 layout), attention optional (`attn_heads`).
 
 Residual blocks with GroupNorm, SiLU and FiLM time conditioning; strided-conv
 downsampling and nearest-neighbour upsampling to the skip's size, so any grid
@@ -40,6 +40,29 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
+class SelfAttention(nn.Module):
+    """h + W_o [softmax(Q_j K_j^T / sqrt(d)) V_j]_j over the n1 n2 positions, (Q, K, V) = W_qkv GN(h), heads
+    j of d = C / heads channels each (DDPM's mid-block attention, multi-head). W_o starts at zero as in
+    DDPM and ADM, so the block starts as the identity and training turns it on."""
+
+    def __init__(self, ch, heads):
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"attn_heads={heads} must divide the {ch} channels of the coarsest level")
+        self.heads = heads
+        self.norm = group_norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h):
+        b, c, n1, n2 = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(b, 3, self.heads, c // self.heads, n1 * n2).unbind(1)
+        mixed = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return h + self.out(mixed.transpose(-1, -2).reshape(b, c, n1, n2))
+
+
 class Downsample(nn.Module):
     def __init__(self, ch):
         super().__init__()
@@ -64,7 +87,7 @@ class UNet(nn.Module):
     """a(y, t): (B, in_channels, n, n), (B,) -> (B, out_channels, n, n)."""
 
     def __init__(self, in_channels=1, out_channels=1, ch=64, ch_mult=(1, 2, 2), num_res_blocks=4,
-                 emb_dim=None, dropout=0.0):
+                 emb_dim=None, dropout=0.0, attn_heads=0):
         super().__init__()
         emb_dim = emb_dim or 4 * ch
         self.time_embedding = TimeEmbedding(emb_dim)
@@ -79,7 +102,9 @@ class UNet(nn.Module):
             if level < len(ch_mult) - 1:
                 self.down.append(Downsample(current))
                 skip_channels.append(current)
+        # the coarsest level (7 x 7 at 28 with ch_mult of three): ResBlock, [SelfAttention,] ResBlock
         self.mid = nn.ModuleList([ResBlock(current, current, emb_dim, dropout),
+                                  *([SelfAttention(current, attn_heads)] if attn_heads else []),
                                   ResBlock(current, current, emb_dim, dropout)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
@@ -101,7 +126,7 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         for layer in self.up:
             if isinstance(layer, Upsample):
                 h = layer(h, skips[-1].shape[-2:])

@@ -271,6 +271,45 @@ def test_ema_warms_up_then_decays_at_the_given_rate():
     assert torch.allclose(ema.module.weight, expected)
 
 
+@pytest.mark.parametrize("sigma_rel,gamma", [(0.05, 16.97), (0.10, 6.94)])
+def test_the_power_ema_exponent_is_edm2s_for_its_relative_width(sigma_rel, gamma):
+    """EDM2 (Karras et al. 2024) quotes gamma = 16.97 for sigma_rel = 0.05 and 6.94 for 0.10."""
+    found = main.power_ema_exponent(sigma_rel)
+    assert found == pytest.approx(gamma, abs=0.01)
+    assert (found + 1) / ((found + 2) ** 2 * (found + 3)) == pytest.approx(sigma_rel ** 2, rel=1e-9)
+
+
+def test_the_power_ema_weighs_step_t_as_t_to_the_gamma():
+    """After T updates with theta_t = e_t (a one-hot weight per step), the average holds each step's weight:
+    (1 - b_t) prod_{s > t} b_s with b_t = (1 - 1/t)^(gamma + 1), close to (gamma + 1) t^gamma / T^(gamma + 1)."""
+    gamma, steps = 6.94, 400
+    model = torch.nn.Linear(steps, 1, bias=False)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=main.power_ema(gamma))
+    for t in range(steps):
+        with torch.no_grad():
+            model.weight.zero_()
+            model.weight[0, t] = 1.0
+        ema.update_parameters(model)
+    weights = ema.module.weight.detach()[0].double()
+    b = [(1 - 1 / t) ** (gamma + 1) for t in range(1, steps + 1)]
+    exact = [(1 - b[t]) * math.prod(b[t + 1:]) for t in range(steps)]
+    assert torch.allclose(weights, torch.tensor(exact, dtype=torch.float64), atol=1e-6)
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+    t = torch.arange(1, steps + 1, dtype=torch.float64)
+    profile = (gamma + 1) * t ** gamma / steps ** (gamma + 1)
+    tail = slice(steps // 2, steps)  # the steps that carry the weight
+    assert torch.allclose(weights[tail], profile[tail], rtol=0.05, atol=1e-5)
+
+
+def test_training_with_the_power_ema_records_it_and_refuses_a_width_above_the_plain_mean(tmp_path, capsys):
+    code, err = call(tiny_args(tmp_path, "--n_epochs", "1", "--ema_std", "0.1"), capsys)
+    assert code == 0, err
+    state = load_checkpoint(str(tmp_path / "runs" / "run" / "last.pt"))
+    assert state["config"]["ema_std"] == 0.1 and state["ema"] is not None
+    code, err = call(tiny_args(tmp_path / "wide", "--ema_std", "0.3"), capsys)
+    assert code == 2 and "--ema_std" in err and "Traceback" not in err
+
+
 def test_bfloat16_autocast_trains_and_keeps_the_loss_in_float32(tmp_path, capsys):
     code, err = call(tiny_args(tmp_path, "--n_epochs", "1", "--amp", "1"), capsys)
     assert code == 0, err

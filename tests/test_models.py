@@ -126,3 +126,40 @@ def test_time_embedding_features_are_sin_and_cos_of_2_pi_f_t_for_octaves_from_on
     angle = 2 * math.pi * t.double()[:, None] * f
     expected = torch.cat([angle.sin(), angle.cos()], dim=1).float()
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_self_attention_is_softmax_q_k_over_sqrt_d_times_v_per_head_plus_the_input():
+    from models.unet import SelfAttention
+
+    torch.manual_seed(0)
+    block = SelfAttention(8, heads=2)
+    h = torch.randn(3, 8, 5, 4)
+    assert torch.equal(block(h), h)  # W_o starts at zero: the identity
+    torch.nn.init.normal_(block.out.weight)
+    torch.nn.init.normal_(block.out.bias)
+    qkv = block.qkv(block.norm(h)).reshape(3, 3 * 8, 20)
+    q, k, v = qkv[:, :8], qkv[:, 8:16], qkv[:, 16:]
+    heads = []
+    for j in range(2):
+        qj, kj, vj = (a[:, 4 * j:4 * (j + 1)] for a in (q, k, v))  # (B, d, L)
+        weights = torch.softmax(qj.transpose(1, 2) @ kj / 4 ** 0.5, dim=-1)  # (B, L, L), rows sum to 1
+        heads.append(vj @ weights.transpose(1, 2))  # (B, d, L)
+    expected = h + block.out(torch.cat(heads, dim=1).reshape(3, 8, 5, 4))
+    assert torch.allclose(block(h), expected, atol=1e-5)
+
+
+def test_unet_attention_sits_at_the_coarsest_level_and_is_trained():
+    torch.manual_seed(0)
+    model = build_model("unet", **TINY["unet"], attn_heads=2)
+    kinds = [type(layer).__name__ for layer in model.mid]
+    assert kinds == ["ResBlock", "SelfAttention", "ResBlock"]
+    assert "mid.1.qkv.weight" in dict(model.named_parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (model(torch.rand(3, 1, 28, 28), torch.rand(3)) - 1).pow(2).mean().backward()
+        optimizer.step()
+    assert model.mid[1].qkv.weight.grad.abs().sum() > 0 and model.mid[1].out.weight.abs().sum() > 0
+    assert model(torch.rand(2, 1, 33, 33), torch.rand(2)).shape == (2, 1, 33, 33)
+    with pytest.raises(ValueError, match="attn_heads"):
+        build_model("unet", **TINY["unet"], attn_heads=3)
