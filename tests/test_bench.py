@@ -559,3 +559,21 @@ def test_the_fft_share_of_a_step_is_near_one_for_ffts_alone_and_zero_without_the
     assert fft_share(lambda: torch.fft.rfft2(v)) > 0.5
     w = torch.randn(256, 256)
     assert fft_share(lambda: w @ w) == 0.0
+
+
+def test_the_microstructure_reading_ranks_modes_by_their_distance_to_true_sharpness_and_high_band_power():
+    from bench.microstructure import closeness_lines
+
+    def row(mode, sharpness, high_band, resolution=128):
+        return {"resolution": resolution, "mode": mode, "sharpness": sharpness, "sharpness_true": 1.4,
+                "high_band": high_band, "high_band_true": 0.08, "mmd": 0.02, "floor_real": 0.01}
+
+    record = {"model": "fno", "prior": "standard", "recipe": "32",
+              "results": [row("n0", 1.4, 0.0, resolution=32), row("resample-fourier", 7.0, 0.01),
+                          row("native-bl", 2.8, 0.04), row("native", 1.4, 0.16)]}
+    lines = closeness_lines([record])
+    body = [line for line in lines if line.startswith("| fno")]
+    # distances: resample (4.0 + 0.875) / 2 = 2.4375, native-bl (1 + 0.5) / 2 = 0.75, native (0 + 1) / 2 = 0.5
+    assert [line.split(" | ")[3] for line in body] == ["native", "native-bl", "resample-fourier"]
+    assert "| 0.500 | 4.88x |" in body[0] and "| 0.750 | 3.25x |" in body[1] and "| 2.438 | 1.00x |" in body[2]
+    assert closeness_lines([{**record, "results": record["results"][:1]}]) == []
