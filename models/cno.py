@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.embedding import FiLM, TimeEmbedding, group_norm, periodic_grid
+from models.unet import SelfAttention
 from resample import fourier_resample
 
 # LeakyReLU(0.01), the slope of the paper and of the authors' pure-PyTorch CNO, so
@@ -190,7 +191,7 @@ class CNO(nn.Module):
     def __init__(self, in_channels=1, out_channels=1, n_levels=3, n_res=4, n_res_neck=4,
                  channel_multiplier=64, lift_channels=32, emb_dim=512,
                  activation_resampler="fourier", latent_multiple=None, input_skip=False,
-                 grid_channels=False):
+                 grid_channels=False, neck_attn_heads=0):
         super().__init__()
         self.n_levels = int(n_levels)
         self.latent_multiple = int(latent_multiple or 2 ** self.n_levels)
@@ -209,6 +210,8 @@ class CNO(nn.Module):
         self.down_blocks = nn.ModuleList(CNOBlock(enc[i], enc[i + 1], emb_dim, act) for i in range(N))
         self.skip_stacks = nn.ModuleList(ResidualStack(enc[i], n_res, emb_dim, act) for i in range(N))
         self.neck = ResidualStack(enc[N], n_res_neck, emb_dim, act)
+        # optional self-attention after the neck (the coarsest grid), the UNet's block: starts as the identity
+        self.neck_attention = SelfAttention(enc[N], neck_attn_heads) if neck_attn_heads else None
         # bridge_blocks[i] carries level i (the neck for i = N) to the decoder's grid on level i
         # no norm on the bridges (the CNO's U-Net skips): they carry each sample's own level and
         # scale from the residual streams to the decoder, as the original's BatchNorm (a fixed
@@ -251,7 +254,10 @@ class CNO(nn.Module):
         for level in range(N):
             skips.append(self.skip_stacks[level](h, emb))
             h = self.down_blocks[level](h, emb, sizes[level + 1])
-        h = self.bridge_blocks[N](self.neck(h, emb), emb, sizes[N])
+        h = self.neck(h, emb)
+        if self.neck_attention is not None:
+            h = self.neck_attention(h)
+        h = self.bridge_blocks[N](h, emb, sizes[N])
         for j, level in enumerate(range(N, 0, -1)):
             if j > 0:
                 h = torch.cat([h, self.bridge_blocks[level](skips[level], emb, sizes[level])], dim=1)

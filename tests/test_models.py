@@ -148,18 +148,24 @@ def test_unet_self_attention_is_softmax_q_k_over_sqrt_d_times_v_per_head_plus_th
     assert torch.allclose(block(h), expected, atol=1e-5)
 
 
-def test_unet_attention_sits_at_the_coarsest_level_and_is_trained():
+@pytest.mark.parametrize("name", ["unet", "cno"])
+def test_attention_at_the_coarsest_level_is_trained_and_answers_on_any_grid(name):
     torch.manual_seed(0)
-    model = build_model("unet", **TINY["unet"], attn_heads=2)
-    kinds = [type(layer).__name__ for layer in model.mid]
-    assert kinds == ["ResBlock", "SelfAttention", "ResBlock"]
-    assert "mid.1.qkv.weight" in dict(model.named_parameters())
+    model = build_model(name, **TINY[name], **{"unet": {"attn_heads": 2}, "cno": {"neck_attn_heads": 2}}[name])
+    block = model.mid[1] if name == "unet" else model.neck_attention
+    if name == "unet":
+        assert [type(layer).__name__ for layer in model.mid] == ["ResBlock", "SelfAttention", "ResBlock"]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(3):
         optimizer.zero_grad()
         (model(torch.rand(3, 1, 28, 28), torch.rand(3)) - 1).pow(2).mean().backward()
         optimizer.step()
-    assert model.mid[1].qkv.weight.grad.abs().sum() > 0 and model.mid[1].out.weight.abs().sum() > 0
-    assert model(torch.rand(2, 1, 33, 33), torch.rand(2)).shape == (2, 1, 33, 33)
+    assert block.qkv.weight.grad.abs().sum() > 0 and block.out.weight.abs().sum() > 0
+    x, t = torch.rand(2, 1, 33, 33), torch.rand(2)
+    out = model(x, t)
+    assert out.shape == (2, 1, 33, 33)
+    torch.nn.init.zeros_(block.out.weight)
+    torch.nn.init.zeros_(block.out.bias)
+    assert not torch.allclose(model(x, t), out)  # the block is on the path to the output
     with pytest.raises(ValueError, match="attn_heads"):
-        build_model("unet", **TINY["unet"], attn_heads=3)
+        build_model(name, **TINY[name], **{"unet": {"attn_heads": 3}, "cno": {"neck_attn_heads": 3}}[name])
