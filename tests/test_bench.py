@@ -577,3 +577,5 @@ def test_the_microstructure_reading_ranks_modes_by_their_distance_to_true_sharpn
     assert [line.split(" | ")[3] for line in body] == ["native", "native-bl", "resample-fourier"]
     assert "| 0.500 | 4.88x |" in body[0] and "| 0.750 | 3.25x |" in body[1] and "| 2.438 | 1.00x |" in body[2]
     assert closeness_lines([{**record, "results": record["results"][:1]}]) == []
+    binary = closeness_lines([{**record, "results": [row("native", 0.3, 0.1) | {"sharpness_true": 0.0}]}])
+    assert "| inf | - |" in binary[-1]
