@@ -162,9 +162,30 @@ def closeness_lines(records):
     return lines
 
 
+def interpolation_lines(args):
+    """The yardstick of "only interpolates": true test images on each training grid, Fourier-interpolated to the
+    finest grid, against true images there (sharpness; power above the training grid's band)."""
+    import data
+    import microstructure
+    from resample import resample
+
+    options = data.dataset_options("microstructure", args.dataset_option)
+    test = data.load_split("microstructure", options, args.data_root, train=False)
+    index, finest = list(range(min(args.fine_samples, test.count))), max(GRIDS)
+    true = test.at_grid(index, finest)
+    parts = []
+    for n0 in sorted({recipe["input_height"] for recipe in RECIPES.values()}):
+        interpolated = resample(test.at_grid(index, n0), finest, "fourier").clamp(0, 1)
+        parts.append(f"from {n0}: sharpness {microstructure.sharpness(interpolated):.2f}, power above |k| = {n0 // 2} "
+                     f"{100 * microstructure.high_band_share(interpolated, n0 // 2):.2f}% (true "
+                     f"{100 * microstructure.high_band_share(true, n0 // 2):.2f}%)")
+    return ["", f"True test images Fourier-interpolated to {finest} (n = {len(index)}), against the true sharpness "
+            f"{microstructure.sharpness(true):.2f} there: " + "; ".join(parts) + "."]
+
+
 def write_report(args, records):
     records = sorted(records, key=lambda r: (reproduce.MODELS.index(r["model"]), PRIORS.index(r["prior"]), r["recipe"]))
-    lines = report_lines(args, records) + closeness_lines(records)
+    lines = report_lines(args, records) + interpolation_lines(args) + closeness_lines(records)
     write_text("\n".join(lines) + "\n", os.path.join(args.results, "microstructure.md"))
     if records:
         draw_spectra(records, os.path.join(args.results, "microstructure.png"))

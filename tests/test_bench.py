@@ -525,6 +525,7 @@ def test_microstructure_study_trains_at_32_and_scores_every_grid_in_every_mode(t
     assert native_128["interface_true"] > 0 and "s2_error" in native_128
     report = (tmp_path / "results" / "microstructure.md").read_text()
     assert "| fno | standard | 32 | 128 | native-bl | 7 |" in report and "Continuum values" in report
+    assert "Fourier-interpolated to 128 (n = 7)" in report and "from 64: sharpness" in report
     assert (tmp_path / "results" / "microstructure.png").exists()
     assert (tmp_path / "results" / "microstructure_samples_fno.png").exists()
 
