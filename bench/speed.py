@@ -269,11 +269,15 @@ def bench_variants(args, device, lines):
             if variant == "channels_last":
                 net = model.to(memory_format=torch.channels_last)
             started = time.perf_counter()
-            if variant == "compile":
-                net = torch.compile(model)
-                train_step_fn(net, prior, args.batch, device, False)()  # compiles
-            compile_seconds = time.perf_counter() - started
-            seconds = median_time(train_step_fn(net, prior, args.batch, device, amp), args.repeats, device)
+            try:
+                if variant == "compile":
+                    net = torch.compile(model)
+                    train_step_fn(net, prior, args.batch, device, False)()  # compiles
+                compile_seconds = time.perf_counter() - started
+                seconds = median_time(train_step_fn(net, prior, args.batch, device, amp), args.repeats, device)
+            except Exception as error:  # e.g. no C++ compiler for inductor: the row says so, the others go on
+                figures.append(f"failed ({type(error).__name__})")
+                continue
             figures.append(f"{seconds:.3f}" + (f" ({compile_seconds:.0f} s)" if variant == "compile" else ""))
         row = f"| {label} | " + " | ".join(figures) + " |"
         print(row, flush=True)
