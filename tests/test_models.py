@@ -169,3 +169,5 @@ def test_attention_at_the_coarsest_level_is_trained_and_answers_on_any_grid(name
     assert not torch.allclose(model(x, t), out)  # the block is on the path to the output
     with pytest.raises(ValueError, match="attn_heads"):
         build_model(name, **TINY[name], **{"unet": {"attn_heads": 3}, "cno": {"neck_attn_heads": 3}}[name])
+    with pytest.raises(ValueError, match="positive divisor"):
+        build_model(name, **TINY[name], **{"unet": {"attn_heads": -2}, "cno": {"neck_attn_heads": -2}}[name])
