@@ -48,7 +48,8 @@ class SelfAttention(nn.Module):
     def __init__(self, ch, heads):
         super().__init__()
         if heads < 1 or ch % heads:
-            raise ValueError(f"attn_heads={heads} must be a positive divisor of the {ch} channels of the coarsest level")
+            raise ValueError(f"attn_heads={heads} must be a positive divisor of the {ch} channels "
+                             "of the coarsest level")
         self.heads = heads
         self.norm = group_norm(ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
