@@ -341,6 +341,53 @@ def test_a_speed_section_measured_again_replaces_its_old_version_and_keeps_the_o
                       "--only reference` Hardware: B)\n\n| mmd |\n")
 
 
+def test_the_fno_without_film_probe_is_the_network_with_each_film_as_the_identity():
+    import models
+    from bench.speed import without_film
+    torch.manual_seed(0)
+    kwargs = dict(width=8, modes=4, n_layers=2)
+    model = models.build_model("fno", **kwargs)
+    with torch.no_grad():  # FiLM starts as the identity: give it a real effect first
+        for layer in model.layers:
+            layer.film.proj[1].weight.normal_()
+    y, t = torch.randn(3, 1, 12, 12), torch.rand(3)
+    conditioned = model(y, t)
+    probe = without_film(model)
+    with torch.no_grad():
+        for layer in probe.layers:
+            assert not any(True for _ in layer.film.parameters())
+    expected = models.build_model("fno", **kwargs)
+    expected.load_state_dict(model.state_dict(), strict=False)
+    for layer in expected.layers:  # zero FiLM = identity: the probe's output, computed another way
+        torch.nn.init.zeros_(layer.film.proj[1].weight)
+    assert torch.allclose(probe(y, t), expected(y, t), atol=1e-6)
+    assert not torch.allclose(probe(y, t), conditioned, atol=1e-3)
+
+
+def test_channels_last_moves_the_convolutions_and_leaves_the_spectral_weights_and_the_output():
+    import models
+    from bench.speed import to_channels_last
+    torch.manual_seed(0)
+    model = models.build_model("fno", width=8, modes=4, n_layers=2, local_path=True)  # 3x1 stencils
+    y, t = torch.randn(2, 1, 12, 12), torch.rand(2)
+    before = model(y, t)
+    to_channels_last(model)
+    convolutions = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 5)
+    assert torch.allclose(model(y, t), before, atol=1e-5)
+
+
+def test_interleaved_times_rotate_the_order_and_take_each_steps_median(monkeypatch):
+    import bench.speed as speed
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock) * 1.0)
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = speed.interleaved_times(steps, 3, torch.device("cpu"))
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")  # warm-ups, then rotated rounds
+    assert times == {"a": 1.0, "b": 1.0, "c": 1.0}  # each timed call spans one tick of the fake clock
+
+
 def test_draws_score_each_sampling_seed_against_one_fixed_test_set(tmp_path, capsys, monkeypatch):
     import statistics
 
