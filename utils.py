@@ -252,6 +252,24 @@ def check_dtypes(module, weights):
 
 # ---------------------------------------------------------------- records
 
+# CPU features that decide which speed levers pay: bfloat16 is fast only with AVX512-BF16 or AMX
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_description(cpuinfo="/proc/cpuinfo"):
+    """'MODEL NAME (flags: ...)' from Linux's cpuinfo, SPEED_FLAGS only; platform.processor() elsewhere."""
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    present = [flag for flag in SPEED_FLAGS if flag in flags]
+    return f"{fields.get('model name', 'unknown')} (flags: {', '.join(present) or 'none of ' + ', '.join(SPEED_FLAGS)})"
+
+
 def versions():
     """Versions and hardware, recorded with every result."""
     return {
@@ -260,6 +278,7 @@ def versions():
         "torchvision": str(torchvision.__version__),
         "numpy": str(np.__version__),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -360,23 +360,29 @@ def bench_reference(args, device, lines):
               f"networks output the score itself, ours the noise: the same arithmetic per step). {args.rounds} "
               f"interleaved rounds (the order rotates), median.", "",
               "| network | original parameters | ours (profile paper) | original step s | our step s "
-              "| original / ours | ours without FiLM s |", "|---|---|---|---|---|---|---|"]
+              "| original / ours | our step, bf16 autocast s | original / ours bf16 | ours without FiLM s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name in ("unet", "fno"):
         torch.manual_seed(0)
         theirs = builders[name]().to(device)
-        ours = models.build_model(name, **models.model_kwargs(name, "paper")).to(device)
-        nets = {"theirs": theirs, "ours": ours}
+        ours = {key: models.build_model(name, **models.model_kwargs(name, "paper")).to(device)
+                for key in ("fp32", "bf16", "no FiLM")}
+        steps = {"theirs": train_step_fn(theirs, prior, args.batch, device, False),
+                 "ours": train_step_fn(ours["fp32"], prior, args.batch, device, False),
+                 "ours bf16": train_step_fn(ours["bf16"], prior, args.batch, device, True)}
         if name == "fno":  # the suspect named in issue 45: our per-layer time conditioning, which theirs lacks
-            nets["ours, no FiLM"] = without_film(models.build_model(name, **models.model_kwargs(name, "paper")))
-        times = interleaved_times({key: train_step_fn(net.to(device), prior, args.batch, device, False)
-                                   for key, net in nets.items()}, args.rounds, device)
-        theirs_s, ours_s = times["theirs"], times["ours"]
+            steps["ours, no FiLM"] = train_step_fn(without_film(ours["no FiLM"]), prior, args.batch, device, False)
+        times = interleaved_times(steps, args.rounds, device)
+        theirs_s, ours_s, bf16_s = times["theirs"], times["ours"], times["ours bf16"]
         no_film = f"{times['ours, no FiLM']:.3f}" if "ours, no FiLM" in times else "-"
-        row = (f"| {name} | {models.count_parameters(theirs):,} | {models.count_parameters(ours):,} | "
-               f"{theirs_s:.3f} | {ours_s:.3f} | {theirs_s / ours_s:.2f}x | {no_film} |")
+        row = (f"| {name} | {models.count_parameters(theirs):,} | {models.count_parameters(ours['fp32']):,} | "
+               f"{theirs_s:.3f} | {ours_s:.3f} | {theirs_s / ours_s:.2f}x | {bf16_s:.3f} | {theirs_s / bf16_s:.2f}x "
+               f"| {no_film} |")
         print(row, flush=True)
         lines.append(row)
-    lines += ["", "Above 1x: ours is faster. 'Without FiLM': our FNO with each layer's time conditioning "
+    lines += ["", "Above 1x: ours is faster. 'bf16 autocast': our step with `main.py --amp 1` (the forward pass "
+              "under bfloat16 autocast, the loss in float32), fast where the CPU has AVX512-BF16 or AMX (the "
+              "flags on the hardware line). 'Without FiLM': our FNO with each layer's time conditioning "
               "(FiLM) replaced by the identity, timed in the same rounds: the cost of that conditioning. "
               "The original CNO needs its CUDA extensions (StyleGAN3's filtered "
               "LReLU) and does not run on a CPU; the CNO activation section compares with the authors' "
@@ -421,7 +427,8 @@ def main():
     device = torch.device(args.device)
     info = versions()
     lines = ["# Speed", "", f"Command: `python bench/speed.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
-             f"Hardware: {info['platform']}, {os.cpu_count()} CPUs, torch threads {info['cpu_threads']}, "
+             f"Hardware: {info['platform']}, {info['cpu']}, {os.cpu_count()} CPUs, "
+             f"torch threads {info['cpu_threads']}, "
              f"device {device}{' (' + info['cuda'] + ')' if info['cuda'] and device.type == 'cuda' else ''}; "
              f"torch {info['torch']}, python {info['python']}; {time.strftime('%Y-%m-%d')}", ""]
     if args.only in (None, "models"):

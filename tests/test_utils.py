@@ -262,3 +262,14 @@ def test_a_refusal_prints_the_traceback_beneath_only_when_asked(monkeypatch, cap
         err = capsys.readouterr().err
         assert err.strip().splitlines()[-1] == "error: --flag x: expected a number"
         assert ("Traceback" in err and "invalid literal" in err) == traceback_shown
+
+
+def test_cpu_description_names_the_model_and_only_the_speed_flags_present(tmp_path):
+    from utils import cpu_description
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 avx512f amx_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 avx512f amx_bf16\n")
+    assert cpu_description(str(info)) == "Test CPU 9000 (flags: avx2, avx512f, amx_bf16)"
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse\n")
+    assert cpu_description(str(info)) == "Old CPU (flags: none of avx2, avx512f, avx512_bf16, amx_bf16)"
+    assert cpu_description(str(tmp_path / "missing"))  # no cpuinfo (not Linux): a name, not an error
