@@ -307,7 +307,13 @@ def load_reference(path):
         return module
 
     fno, unet = load("fno.py", "reference_fno"), load("unet_no_att.py", "reference_unet")
-    commit = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    def git(*arguments):
+        return subprocess.run(["git", "-C", path, *arguments], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    changed = git("status", "--porcelain", "--", "fno.py", "unet_no_att.py")
+    if commit and changed:  # e.g. one file checked out from another commit: the record must say so
+        commit += " with its working copy changed: " + "; ".join(changed.splitlines())
     builders = {  # the sizes of the original main.py
         "fno": lambda: fno.FNO2d(14, 14, 64),
         "unet": lambda: unet.UNet(input_channels=1, input_height=28, ch=64, ch_mult=(1, 2, 2), num_res_blocks=4,
