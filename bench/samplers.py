@@ -1,4 +1,4 @@
-"""MMD against the number of score evaluations, per sampler, for trained checkpoints.
+"""MMD, FD and precision / recall against the number of score evaluations, per sampler, for checkpoints.
 
     python bench/samplers.py --checkpoints runs/reproduce/cpu/fno_standard_s0/last.pt \
         --data_root ~/mnist --num_samples 500          # writes results/samplers.md, .png, .json
@@ -21,6 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import frechet  # noqa: E402
 import sde  # noqa: E402
 import test as evaluation  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
@@ -30,6 +31,8 @@ from utils import load_checkpoint, run_main, versions  # noqa: E402
 
 
 SAMPLER_LABELS = ("em", "em+tweedie", "heun", "ancestral", "dpm2m")
+CLASSIFIER_KEYS = ("fd", "fd_floor", "confident", "confident_floor", "precision", "precision_floor", "recall",
+                   "recall_floor", "vendi", "vendi_floor")
 COLORS = {"em": "tab:blue", "em+tweedie": "tab:green", "heun": "tab:orange", "ancestral": "tab:red",
           "dpm2m": "tab:purple"}
 
@@ -68,12 +71,13 @@ def merge(earlier, new):
     return [r for r in earlier if row_key(r) not in fresh] + new
 
 
-def measure(args, path, refs_cache):
+def measure(args, path, refs_cache, critic=None):
     state = load_checkpoint(path)
     n0 = state["config"]["input_height"]
     root = args.data_root or evaluation.trained_data_root(state)
     refs = refs_cache.setdefault((root, n0), evaluation.References(root, n0, args.seed))
     test_low, test_high = refs.images("test", args.num_samples, 2 * n0)
+    train_low = refs.images("train", args.num_samples, 2 * n0)[0]  # the classifier's real-vs-real floor
     results = []
     plan = configurations(args.budgets, state.get("ema") is not None, args.samplers, args.heun_budgets,
                           bool(args.compare_raw))
@@ -89,6 +93,9 @@ def measure(args, path, refs_cache):
                "mmd_28": riesz_mmd(samples, test_low),
                "mmd_56_resample": riesz_mmd(resample(samples, 2 * n0, "fourier").clamp(0, 1), test_high),
                "seconds": seconds, "command": "python bench/samplers.py " + " ".join(sys.argv[1:])}
+        if critic is not None:  # FD, confident share, precision / recall, Vendi at 28, each beside its floor
+            figures = frechet.classifier_figures(critic, samples, train_low, test_low)
+            row.update({key: figures[key] for key in CLASSIFIER_KEYS})
         print(json.dumps(row), flush=True)
         results.append(row)
     return results
@@ -96,19 +103,32 @@ def measure(args, path, refs_cache):
 
 def write_outputs(args, results):
     commands = dict.fromkeys(r["command"] for r in results)
-    lines = ["# Samplers: MMD against score evaluations", "",
+    lines = ["# Samplers: MMD and the classifier's figures against score evaluations", "",
              "Commands (rows of earlier runs are kept; each row names its own):", ""]
     lines += [f"- `{c}`" for c in commands]
     lines += ["", "n samples per figure against as many MNIST test images, chosen by the row's seed (which also "
               "seeds the sampler); 56 = the 28 samples "
               f"Fourier-upsampled. CPU, torch {versions()['torch']}.", "",
-              "| run | sampler | weights | steps | NFE | n | seed | MMD 28 | MMD 56 (resample) | seconds |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "FD, confident share (softmax above 0.9), precision / recall (k = 5) and Vendi: the classifier's "
+              "figures at 28 (frechet.py), each with its real-vs-real floor in brackets ('-': not measured).", "",
+              "| run | sampler | weights | steps | NFE | n | seed | MMD 28 | MMD 56 (resample) | FD 28 (floor) "
+              "| confident (floor) | precision / recall (floor) | Vendi (floor) | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(dict.fromkeys(r["checkpoint"] for r in results))}
     for r in sorted(results, key=lambda r: (order[r["checkpoint"]], r["weights"] != "ema", r["nfe"], r["sampler"])):
         lines.append(f"| {row_label(r)} | {r['sampler']} | {r['weights']} | {r['steps']} | "
-                     f"{r['nfe']} | {r['n']} | {r['seed']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | {r['seconds']:.0f} |")
+                     f"{r['nfe']} | {r['n']} | {r['seed']} | {r['mmd_28']:.4f} | {r['mmd_56_resample']:.4f} | "
+                     f"{classifier_cells(r)} | {r['seconds']:.0f} |")
     write_report(args.output, lines, results, args.seed, lambda r: r["checkpoint"], draw_panel)
+
+
+def classifier_cells(row):
+    """The table's classifier cells of a row: value (floor), '-' where a row has none."""
+    if "fd" not in row:
+        return "- | - | - | -"
+    return (f"{row['fd']:.1f} ({row['fd_floor']:.1f}) | {row['confident']:.3f} ({row['confident_floor']:.3f}) | "
+            f"{row['precision']:.3f} / {row['recall']:.3f} ({row['precision_floor']:.3f} / "
+            f"{row['recall_floor']:.3f}) | {row['vendi']:.2f} ({row['vendi_floor']:.2f})")
 
 
 def row_label(row):
@@ -143,6 +163,9 @@ def main():
                         help="budgets for heun (default: --budgets)")
     parser.add_argument("--compare_raw", type=int, default=1, choices=[0, 1],
                         help="1: also Euler-Maruyama with the raw (non-EMA) weights at the largest budget")
+    parser.add_argument("--classifier", default=None,
+                        help="MNIST classifier for FD, confident share, precision / recall and Vendi (default: "
+                             "frechet.py's; 'none': MMD only)")
     parser.add_argument("--output", default="results/samplers.md", help="Markdown file (+ .json, .png)")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new report instead of keeping the rows of OUTPUT.json that this "
@@ -153,8 +176,9 @@ def main():
     if os.path.exists(earlier_path) and not args.fresh:
         results = load_earlier(earlier_path)
     refs_cache = {}
+    critic = evaluation.load_critic(args.classifier)[0]
     for path in args.checkpoints:
-        results = merge(results, measure(args, path, refs_cache))
+        results = merge(results, measure(args, path, refs_cache, critic))
         write_outputs(args, results)
     print(f"written {args.output}")
 

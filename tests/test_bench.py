@@ -46,10 +46,15 @@ def test_sampler_report_names_each_rows_run_so_seeds_of_one_model_stay_apart(tmp
 
     output = tmp_path / "samplers.md"
     args = type("Args", (), {"output": str(output), "seed": 0})
-    write_outputs(args, [row("cno_s0", 0.0117), row("cno_s1", 0.0131)])
+    scored = {**row("cno_s2", 0.0125), "fd": 31.24, "fd_floor": 12.71, "confident": 0.8123, "confident_floor": 0.9512,
+              "precision": 0.7012, "precision_floor": 0.7705, "recall": 0.5521, "recall_floor": 0.7811,
+              "vendi": 8.123, "vendi_floor": 9.456}
+    write_outputs(args, [row("cno_s0", 0.0117), row("cno_s1", 0.0131), scored])
     table = [line for line in output.read_text().splitlines() if line.startswith("| cno")]
-    assert table == ["| cno / standard (cno_s0) | heun | ema | 13 | 25 | 8 | 0 | 0.0117 | 0.0234 | 1 |",
-                     "| cno / standard (cno_s1) | heun | ema | 13 | 25 | 8 | 0 | 0.0131 | 0.0262 | 1 |"]
+    assert table == ["| cno / standard (cno_s0) | heun | ema | 13 | 25 | 8 | 0 | 0.0117 | 0.0234 | - | - | - | - | 1 |",
+                     "| cno / standard (cno_s1) | heun | ema | 13 | 25 | 8 | 0 | 0.0131 | 0.0262 | - | - | - | - | 1 |",
+                     "| cno / standard (cno_s2) | heun | ema | 13 | 25 | 8 | 0 | 0.0125 | 0.0250 | 31.2 (12.7) | "
+                     "0.812 (0.951) | 0.701 / 0.552 (0.770 / 0.781) | 8.12 (9.46) | 1 |"]
 
 
 def test_rows_of_reports_written_before_rows_had_a_seed_take_the_reports_seed(tmp_path):
