@@ -25,9 +25,9 @@ import priors
 import sde
 from mmd import riesz_mmd
 from resample import fourier_resample
-from utils import (CHECKPOINT_FORMAT, ArgumentParser, Distributed, UserError, atomic_torch_save, check_dtypes,
-                   check_writable_dir, ensure_writable_dir, first_line, load_checkpoint, progress_bar, resolve_device, run_main, save_grid,
-                   timestamp, versions, write_json)
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, Distributed, UserError, atomic_torch_save, bf16_hardware,
+                   check_dtypes, check_writable_dir, ensure_writable_dir, first_line, load_checkpoint, progress_bar,
+                   resolve_device, run_main, save_grid, timestamp, versions, write_json)
 
 
 def _opt(default, help, **kw):
@@ -112,9 +112,13 @@ class TrainConfig:
     ema_std: float = _opt(0.0, "EDM2's power-function EMA (Karras et al. 2024) in place of the exponential "
                                "one: its relative standard deviation sigma_rel, e.g. 0.10 (a weight t^gamma on "
                                "step t; at most 1/sqrt(12) = 0.289, the plain mean); 0: off")
-    amp: int = _opt(0, "1: bfloat16 autocast for the training forward pass (for GPUs; the loss is "
-                       "reduced in float32; on this project's CPU bf16 was measured 2.6x slower)",
-                    choices=[0, 1])
+    amp: str = _opt("auto", "bfloat16 autocast for the training forward pass (the loss reduced in float32; "
+                           "sampling stays in float32): '1' on, '0' off, 'auto' on for the UNet where bf16 has "
+                           "units of its own (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16: 1.5x more "
+                           "UNet steps a minute on this project's CPU, results/speed.md), off elsewhere "
+                           "(emulated bf16 was 2.6x slower) and for the FNO and the CNO (not better at equal "
+                           "minutes, docs/results.md); config.json records what auto chose",
+                    choices=["auto", "0", "1"])
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: no clipping; the norm "
                                  "is logged either way)")
     sampler: str = _opt("auto", "sampler of the validation samples: 'auto' (test.py's default for the "
@@ -587,6 +591,7 @@ def train_epoch(run, level_images, progress=True):
     losses, norms = [], []
     run.epoch_loads = []  # the CPU's load at every step: a short overlap with other work shows too
     run.model.train()
+    amp = resolve_amp(config.amp, run.device, config.model) == "1"
     bar = progress_bar(total=num_images, leave=False, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="img",
                        disable=not (progress and dist.is_main))
     position = 0
@@ -601,7 +606,7 @@ def train_epoch(run, level_images, progress=True):
         share = math.ceil(len(chunk) / dist.world)
         images = level_images[level.grid]
         x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bool(config.amp)):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
             loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world),
                                 t_sampling=config.t_sampling, noise_grid=config.input_height)
         if _injected_fault(run.step + 1):
@@ -772,10 +777,11 @@ def check_same_data(state, source, train_images, folder):
                         f"--data_root now gives {source} ({train_images} images): resume with the same data")
 
 
-FRESH_ON_RESUME = ("device", "threads", "progress", "resume", "out_dir")  # this machine's, never the saved
+# this machine's, never the saved (--amp auto: a run resumed on a CPU without bf16 units turns bf16 off)
+FRESH_ON_RESUME = ("device", "threads", "amp", "progress", "resume", "out_dir")
 # what a checkpoint saved before an option existed was trained with, where it differs from today's default
 LEGACY_DEFAULTS = {"sampler": "em", "levels": "", "level_ema": "restart", "level_lr": "final",
-                   "grid_conditioning": "physical", "dataset": "mnist", "dataset_option": None}
+                   "grid_conditioning": "physical", "dataset": "mnist", "dataset_option": None, "amp": "0"}
 
 
 def check_resume_flags(config, saved, given):
@@ -795,6 +801,20 @@ def check_resume_flags(config, saved, given):
                             f"{value}; drop the flag to resume with the saved value")
 
 
+# the networks that --amp auto trains in bf16 where the hardware has bf16 units: those it measured better at
+# equal minutes (docs/results.md, issue 45's levers: the UNet 1.7x the steps, FD 38.4 -> 29.7, MMD level);
+# the FNO gained no steps, the CNO's FD fell (100 -> 78) but its MMD rose (0.0155 -> 0.0182)
+BF16_BY_DEFAULT = ("unet",)
+
+
+def resolve_amp(value, device, model):
+    """--amp as the run uses it, '1' or '0': 'auto' is on for the BF16_BY_DEFAULT networks where
+    bf16_hardware(device); a checkpoint saved when the flag was an integer gives 0 or 1."""
+    if value == "auto":
+        return "1" if model in BF16_BY_DEFAULT and bf16_hardware(device) else "0"
+    return str(int(value))
+
+
 def train(config, argv=()):
     """Train according to `config`; returns the Run (its folder is run.folder).
 
@@ -810,6 +830,7 @@ def train(config, argv=()):
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
+    config.amp = resolve_amp(config.amp, device, config.model)
     dist.start(device)
     folder, saved = prepare_run_folder_on_main(config, argv, dist)
     train_images, val_low, val_high, source = load_training_data(config)
@@ -837,7 +858,8 @@ def train(config, argv=()):
                     "levels": [dataclasses.asdict(level) for level in run.levels], "versions": versions()},
                    os.path.join(folder, "config.json"))
     say(dist, f"{config.model} ({models.count_parameters(run.model):,} parameters), prior "
-              f"{config.prior_name}, {len(train_images)} training images, device {device}, "
+              f"{config.prior_name}, {len(train_images)} training images, device {device} (bf16 autocast "
+              f"{'on' if config.amp == '1' else 'off'}), "
               f"{dist.world} process(es), global batch {config.batch_size * dist.world}, run {folder}")
     if dist.is_main:
         say(dist, f"validation floor at {config.input_height}: {run.val_floor:.4f} (real vs real, "

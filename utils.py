@@ -333,6 +333,18 @@ def ensure_writable_dir(path, flag):
         raise UserError(f"{flag} {path}: folder is not writable")
 
 
+def bf16_hardware(device):
+    """Whether bfloat16 matrix products run on units of their own on `device`: a CUDA GPU with bf16
+    support, or a CPU with AMX or AVX512-BF16. Elsewhere bf16 is emulated (on a CPU without them a
+    training step was measured 2.6x slower than in float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def resolve_device(name):
     """'auto' -> cuda if available else cpu; validates explicit names."""
     if name == "auto":

@@ -131,9 +131,10 @@ def row(record):
             "recipe": recipe(record), "load": record.get("max_load_1min")}
 
 
-# options that do not change what a run trains: this machine's, the budget, the validation sampling
-NOT_RECIPE = {*training.FRESH_ON_RESUME, "data_root", "save_model", "minutes", "n_epochs", "model_arg",
-              *reproduce.VALIDATION_OPTIONS}
+# options that do not change what a run trains: this machine's, the budget, the validation sampling;
+# bf16 autocast does (its numerics), and is a lever of its own
+NOT_RECIPE = {*(set(training.FRESH_ON_RESUME) - {"amp"}), "data_root", "save_model", "minutes", "n_epochs",
+              "model_arg", *reproduce.VALIDATION_OPTIONS}
 
 
 def recipe(record):
@@ -141,6 +142,8 @@ def recipe(record):
     less NOT_RECIPE, and the network's resolved arguments (model_arg as the network read it)."""
     options = {**dataclasses.asdict(training.TrainConfig(model=record["model"])), **training.LEGACY_DEFAULTS,
                **record.get("train_config", {})}
+    if options["amp"] != "auto":  # the flag was an integer before 'auto': 0 and "0" are one recipe
+        options["amp"] = str(int(options["amp"]))
     return {**{k: v for k, v in options.items() if k not in NOT_RECIPE}, "model_kwargs": record.get("model_kwargs")}
 
 

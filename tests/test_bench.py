@@ -233,6 +233,9 @@ def test_compute_recipe_is_what_a_run_trained_whatever_the_record_predates():
     assert compute.recipe(record(ema_decay=0.99)) != old
     assert compute.recipe(record(model_kwargs={"channel_multiplier": 24})) != old
     assert compute.recipe(record(model_arg=["channel_multiplier=16"])) == old  # as the network read it
+    # bf16 autocast: a record from before the flag, an integer flag and its string are one fp32 recipe
+    assert compute.recipe(record(amp=0)) == compute.recipe(record(amp="0")) == old
+    assert compute.recipe(record(amp="1")) == compute.recipe(record(amp=1)) != old
 
 
 def test_compute_machine_tags_stay_as_records_are_added():
@@ -296,7 +299,7 @@ def test_compute_names_base_runs_the_profile_has_moved_away_from_and_refuses_to_
     (["--variant", "a/b", "--train_option", "ema_decay=0.9"], "letters, digits"),
     (["--variant", "", "--train_option", "ema_decay=0.9"], "letters, digits"),
     (["--variant", "x", "--train_option", "ema_decay=fast"], "ema_decay=fast: expected a float"),
-    (["--variant", "x", "--train_option", "amp=2"], "amp=2: expected one of 0, 1"),
+    (["--variant", "x", "--train_option", "amp=2"], "amp=2: expected one of auto, 0, 1"),
     (["--variant", "x", "--train_option", "lr=-1"], "--lr must be a positive number"),
     (["--num_steps", "0"], "--num_steps must be a positive integer"),
     (["--models", "cno", "--variant", "x", "--train_option", "model_arg=local_path=1"], "cno has no argument"),

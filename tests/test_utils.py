@@ -273,3 +273,13 @@ def test_cpu_description_names_the_model_and_only_the_speed_flags_present(tmp_pa
     info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse\n")
     assert cpu_description(str(info)) == "Old CPU (flags: none of avx2, avx512f, avx512_bf16, amx_bf16)"
     assert cpu_description(str(tmp_path / "missing"))  # no cpuinfo (not Linux): a name, not an error
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, True), (False, True, True),
+                                                        (False, False, False)])
+def test_bf16_hardware_on_a_cpu_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    from utils import bf16_hardware
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert bf16_hardware(torch.device("cpu")) is expected
+    assert bf16_hardware(torch.device("meta")) is False
