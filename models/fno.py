@@ -117,8 +117,9 @@ class SpectralConv2d(nn.Module):
     contiguous operands: 2.2x faster forward + backward than an einsum over the channel-first
     layout, which copies every mode's matrix (measured on 2 CPU cores, width 64, 14 modes, batch 64).
     The product runs in real arithmetic (`real_block`): torch's CPU bmm on complex operands loops over
-    the modes and copies each matrix; the real one is one batched BLAS call, 2.7x faster forward +
-    backward at that size, the same four real products per complex one.
+    the modes and copies each matrix; the real one is one batched BLAS call with the same four real
+    products per complex one (the paper FNO's training step against the original code's: 0.95x -> 1.09x,
+    docs/speed.md).
     Checkpoints with the earlier channel-first layout (in, out, 2 modes - 1, modes, 2) still load.
     """
 
