@@ -364,6 +364,19 @@ def hardware(record):
     return f"{info['platform']}, torch threads {info['cpu_threads']}, GPU: {info['cuda'] or 'none'}"
 
 
+def precision_lines(records):
+    """Name the runs trained in bf16 autocast (main.py --amp; 'auto' turns it on for the UNet on hardware
+    with bf16 units): a table whose seeds ran on different machines must not mix the two silently."""
+    bf16 = sorted(run_name(r["model"], r["prior"], r["seed"]) for r in records
+                  if str(r.get("train_config", {}).get("amp", 0)) == "1")
+    if not bf16:
+        return []
+    if len(bf16) == len(records):
+        return ["Trained in bf16 autocast (`main.py --amp`): all runs."]
+    return [f"Trained in bf16 autocast (`main.py --amp`): {len(bf16)} of {len(records)} runs "
+            f"({', '.join(bf16)}); the others in float32."]
+
+
 SHARED_LOAD_MARGIN = 0.5
 
 
@@ -424,7 +437,7 @@ def table_markdown(records, profile, total_seconds):
             plural = "s" if len(names) > 1 else ""
             which = "all runs" if len(hosts) == 1 else f"{len(names)} run{plural} ({', '.join(sorted(names))})"
             lines.append(f"Hardware, {which}: {host}.")
-        lines += shared_cpu_lines(records) + superseded_lines(records, profile)
+        lines += shared_cpu_lines(records) + precision_lines(records) + superseded_lines(records, profile)
         lines += ["", f"torch {records[0]['versions']['torch']}; data: {records[0]['data']}.", "",
                   sampler_line(records, profile), ""]
     lines += [COLUMNS_NOTE, ""]

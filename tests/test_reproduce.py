@@ -246,3 +246,16 @@ def test_a_record_of_other_options_is_set_aside_flagged_and_its_run_redone(tiny,
     assert json.load(open(records / "unet_standard_s0.json"))["epochs"] == 2
     table = (tmp_path / "results" / "table.md").read_text()
     assert "not yet its figures" not in table and "| unet | 1 | 2 |" in table
+
+
+def test_the_table_names_the_runs_trained_in_bf16_and_says_nothing_when_none_were():
+    def record(model, seed, amp):
+        return {"model": model, "prior": "standard", "seed": seed, "train_config": {"amp": amp}}
+
+    assert reproduce.precision_lines([record("unet", 0, 0), record("cno", 0, "0")]) == []  # old int flags too
+    mixed = [record("unet", 0, "1"), record("unet", 1, "0"), record("fno", 0, 1)]
+    assert reproduce.precision_lines(mixed) == [
+        "Trained in bf16 autocast (`main.py --amp`): 2 of 3 runs (fno_standard_s0, unet_standard_s0); "
+        "the others in float32."]
+    assert reproduce.precision_lines([record("unet", 2, "1")]) == [
+        "Trained in bf16 autocast (`main.py --amp`): all runs."]
