@@ -777,8 +777,7 @@ def check_same_data(state, source, train_images, folder):
                         f"--data_root now gives {source} ({train_images} images): resume with the same data")
 
 
-# this machine's, never the saved (--amp auto: a run resumed on a CPU without bf16 units turns bf16 off)
-FRESH_ON_RESUME = ("device", "threads", "amp", "progress", "resume", "out_dir")
+FRESH_ON_RESUME = ("device", "threads", "progress", "resume", "out_dir")  # this machine's, never the saved
 # what a checkpoint saved before an option existed was trained with, where it differs from today's default
 LEGACY_DEFAULTS = {"sampler": "em", "levels": "", "level_ema": "restart", "level_lr": "final",
                    "grid_conditioning": "physical", "dataset": "mnist", "dataset_option": None, "amp": "0"}

@@ -69,7 +69,7 @@ PROFILES = {
     },
     "cpu-v1": {
         "train": {"profile": "small", "subset": 0, "batch_size": 64, "lr": 1e-3, "val_every": 1,
-                  "num_samples_mmd": 128, "sampler": "em", "num_steps": 200},
+                  "num_samples_mmd": 128, "sampler": "em", "num_steps": 200, "amp": "0"},  # float32, as it ran
         "models": {
             "unet": {"n_epochs": 2, "model_arg": ["ch=16"]},  # = the small profile, pinned
             "fno": {"n_epochs": 2, "model_arg": []},
@@ -135,7 +135,11 @@ def option_changes(config, saved):
     epochs at a constant learning rate continue the run; under a decaying schedule they change
     every step's rate, so they count as a change."""
     saved = {**dataclasses.asdict(training.TrainConfig(model=config.model)), **training.LEGACY_DEFAULTS, **saved}
-    changes = {name: (saved[name], value) for name, value in dataclasses.asdict(config).items()
+    wanted = dataclasses.asdict(config)
+    device = evaluation.resolve_device(config.device)  # --amp as this machine would train: 'auto' decided here
+    saved["amp"], wanted["amp"] = (training.resolve_amp(options["amp"], device, config.model)
+                                   for options in (saved, wanted))
+    changes = {name: (saved[name], value) for name, value in wanted.items()
                if name not in CALL_OPTIONS and saved.get(name) != value}
     if config.lr_schedule == "constant" and set(changes) == {"n_epochs"} and saved["n_epochs"] < config.n_epochs:
         return {}

@@ -337,8 +337,8 @@ def bf16_hardware(device):
     """Whether bfloat16 matrix products run on units of their own on `device`: a CUDA GPU with bf16
     support, or a CPU with AMX or AVX512-BF16. Elsewhere bf16 is emulated (on a CPU without them a
     training step was measured 2.6x slower than in float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # bf16 tensor cores from Ampere (compute capability 8) on; not emulation
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu":
         return False
     checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]

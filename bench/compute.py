@@ -131,10 +131,9 @@ def row(record):
             "recipe": recipe(record), "load": record.get("max_load_1min")}
 
 
-# options that do not change what a run trains: this machine's, the budget, the validation sampling;
-# bf16 autocast does (its numerics), and is a lever of its own
-NOT_RECIPE = {*(set(training.FRESH_ON_RESUME) - {"amp"}), "data_root", "save_model", "minutes", "n_epochs",
-              "model_arg", *reproduce.VALIDATION_OPTIONS}
+# options that do not change what a run trains: this machine's, the budget, the validation sampling
+NOT_RECIPE = {*training.FRESH_ON_RESUME, "data_root", "save_model", "minutes", "n_epochs", "model_arg",
+              *reproduce.VALIDATION_OPTIONS}
 
 
 def recipe(record):

@@ -93,7 +93,7 @@ def measure(args, path, refs_cache, critic=None):
                "mmd_28": riesz_mmd(samples, test_low),
                "mmd_56_resample": riesz_mmd(resample(samples, 2 * n0, "fourier").clamp(0, 1), test_high),
                "seconds": seconds, "command": "python bench/samplers.py " + " ".join(sys.argv[1:])}
-        if critic is not None:  # FD, confident share, precision / recall, Vendi at 28, each beside its floor
+        if critic is not None and n0 % critic.n0 == 0:  # FD, confident share, precision / recall, Vendi, floors
             figures = frechet.classifier_figures(critic, samples, train_low, test_low)
             row.update({key: figures[key] for key in CLASSIFIER_KEYS})
         print(json.dumps(row), flush=True)

@@ -149,7 +149,8 @@ class SpectralConv2d(nn.Module):
         low = LowModes.apply(v, m)  # physical coefficients c_k of the kept modes, (B, in, 2m - 1, m)
         count = (2 * m - 1) * m
         rows = torch.view_as_real(low.permute(2, 3, 0, 1).contiguous()).reshape(count, batch, -1)
-        mixed = torch.bmm(rows, real_block(self._weights_for(m)).reshape(count, rows.shape[-1], -1))
+        with torch.autocast(v.device.type, enabled=False):  # float32, as the complex product it stands for
+            mixed = torch.bmm(rows, real_block(self._weights_for(m)).reshape(count, rows.shape[-1], -1))
         mixed = torch.view_as_complex(mixed.reshape(2 * m - 1, m, batch, -1, 2))
         return FromLowModes.apply(mixed.permute(2, 3, 0, 1), n1, n2)  # (B, out, 2m - 1, m)
 

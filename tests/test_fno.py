@@ -198,3 +198,15 @@ def test_an_fno_with_the_local_path_trains_and_keeps_its_grids_apart_only_by_h()
     assert gap[56] < 0.6 * gap[28] and gap[28] < 0.3, gap
     outputs[28].square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in local.parameters())
+
+
+def test_the_spectral_product_stays_float32_under_bf16_autocast():
+    """Autocast would run the real batched product in bfloat16 (and CUDA's view_as_complex refuses bf16):
+    the layer turns it off, so its output is the float32 one."""
+    torch.manual_seed(0)
+    layer = SpectralConv2d(8, 8, modes=5)
+    v = torch.randn(3, 8, 12, 12)
+    expected = layer(v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(v)
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, atol=1e-6)

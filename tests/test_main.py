@@ -659,11 +659,15 @@ def test_resolve_amp_reads_auto_from_the_hardware_and_old_integer_flags_as_they_
     assert main.resolve_amp("auto", cpu, "unet") == "0"
 
 
-def test_a_run_resumed_on_a_machine_without_bf16_units_decides_amp_afresh(tmp_path, capsys, monkeypatch):
+def test_a_resumed_run_keeps_its_amp_choice_unless_asked_to_decide_again(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(main, "bf16_hardware", lambda device: True)
-    assert call(tiny_args(tmp_path, "--n_epochs", "1"), capsys)[0] == 0
-    monkeypatch.setattr(main, "bf16_hardware", lambda device: False)
-    code, err = call(tiny_args(tmp_path, "--n_epochs", "2", "--resume"), capsys)
-    assert code == 0, err
+    assert call(tiny_args(tmp_path, "--n_epochs", "1", "--amp", "0"), capsys)[0] == 0
+    assert call(tiny_args(tmp_path, "--n_epochs", "2", "--resume"), capsys)[0] == 0  # float32 as it began
     state = torch.load(tmp_path / "runs" / "run" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["config"]["amp"] == "0"
+    monkeypatch.setattr(main, "bf16_hardware", lambda device: False)  # another machine, asked to decide
+    assert call(tiny_args(tmp_path, "--n_epochs", "3", "--resume", "--amp", "auto"), capsys)[0] == 0
+    assert torch.load(tmp_path / "runs" / "run" / "last.pt", weights_only=True)["config"]["amp"] == "0"
+    monkeypatch.setattr(main, "bf16_hardware", lambda device: True)
+    assert call(tiny_args(tmp_path, "--n_epochs", "4", "--resume", "--amp", "auto"), capsys)[0] == 0
+    assert torch.load(tmp_path / "runs" / "run" / "last.pt", weights_only=True)["config"]["amp"] == "1"

@@ -1,5 +1,6 @@
 """reproduce.py end to end on a tiny profile: table, CSV, grids, plot, and a no-op second call."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -259,3 +260,16 @@ def test_the_table_names_the_runs_trained_in_bf16_and_says_nothing_when_none_wer
         "the others in float32."]
     assert reproduce.precision_lines([record("unet", 2, "1")]) == [
         "Trained in bf16 autocast (`main.py --amp`): all runs."]
+
+
+def test_a_record_counts_as_changed_where_this_machine_would_train_it_in_another_precision(monkeypatch):
+    import main
+    monkeypatch.setattr(main, "bf16_hardware", lambda device: True)  # --amp auto: bf16 for the UNet here
+    settings = reproduce.PROFILES["cpu"]
+    unet = reproduce.profile_config(settings, "unet", "standard", 0)
+    fno = reproduce.profile_config(settings, "fno", "standard", 0)
+    assert reproduce.option_changes(unet, {**dataclasses.asdict(unet), "amp": 0}) == {"amp": ("0", "1")}
+    assert reproduce.option_changes(unet, {**dataclasses.asdict(unet), "amp": "1"}) == {}
+    assert reproduce.option_changes(fno, {**dataclasses.asdict(fno), "amp": 0}) == {}  # auto: float32 for it
+    v1 = reproduce.profile_config(reproduce.PROFILES["cpu-v1"], "unet", "standard", 0)
+    assert reproduce.option_changes(v1, {**dataclasses.asdict(v1), "amp": 0}) == {}  # pinned to float32

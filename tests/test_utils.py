@@ -283,3 +283,10 @@ def test_bf16_hardware_on_a_cpu_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_b
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert bf16_hardware(torch.device("cpu")) is expected
     assert bf16_hardware(torch.device("meta")) is False
+
+
+@pytest.mark.parametrize("major, expected", [(7, False), (8, True), (9, True)])
+def test_bf16_hardware_on_a_gpu_is_ampere_or_later_not_emulation(monkeypatch, major, expected):
+    from utils import bf16_hardware
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert bf16_hardware(torch.device("cuda", 0)) is expected
