@@ -591,7 +591,6 @@ def train_epoch(run, level_images, progress=True):
     losses, norms = [], []
     run.epoch_loads = []  # the CPU's load at every step: a short overlap with other work shows too
     run.model.train()
-    amp = resolve_amp(config.amp, run.device, config.model) == "1"
     bar = progress_bar(total=num_images, leave=False, desc=f"epoch {run.epoch + 1}/{config.n_epochs}", unit="img",
                        disable=not (progress and dist.is_main))
     position = 0
@@ -606,7 +605,7 @@ def train_epoch(run, level_images, progress=True):
         share = math.ceil(len(chunk) / dist.world)
         images = level_images[level.grid]
         x0 = images[chunk[dist.rank * share:(dist.rank + 1) * share]].to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=config.amp == "1"):
             loss = sde.dsm_loss(run.trained, x0, run.prior, run.noise_generator, shard=(dist.rank, dist.world),
                                 t_sampling=config.t_sampling, noise_grid=config.input_height)
         if _injected_fault(run.step + 1):
@@ -829,9 +828,9 @@ def train(config, argv=()):
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    config.amp = resolve_amp(config.amp, device, config.model)
     dist.start(device)
     folder, saved = prepare_run_folder_on_main(config, argv, dist)
+    config.amp = resolve_amp(config.amp, device, config.model)  # once the saved options are in: '0' or '1'
     train_images, val_low, val_high, source = load_training_data(config)
     if saved is not None:
         check_same_data(saved, source, len(train_images), folder)

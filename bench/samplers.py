@@ -77,7 +77,7 @@ def measure(args, path, refs_cache, critic=None):
     root = args.data_root or evaluation.trained_data_root(state)
     refs = refs_cache.setdefault((root, n0), evaluation.References(root, n0, args.seed))
     test_low, test_high = refs.images("test", args.num_samples, 2 * n0)
-    train_low = refs.images("train", args.num_samples, 2 * n0)[0]  # the classifier's real-vs-real floor
+    train_low = refs.images("train", args.num_samples, 2 * n0)[0] if critic is not None else None  # its floor
     results = []
     plan = configurations(args.budgets, state.get("ema") is not None, args.samplers, args.heun_budgets,
                           bool(args.compare_raw))

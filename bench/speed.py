@@ -29,7 +29,7 @@ import models  # noqa: E402
 import sde  # noqa: E402
 from mmd import riesz_mmd  # noqa: E402
 from priors import build_prior  # noqa: E402
-from utils import versions  # noqa: E402
+from utils import UserError, first_line, run_main, versions  # noqa: E402
 
 FULL_RUN_STEPS = 200
 
@@ -301,9 +301,15 @@ def load_reference(path):
     import subprocess
 
     def load(filename, name):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(path, filename))
+        file = os.path.join(path, filename)
+        if not os.path.isfile(file):
+            raise UserError(f"--reference {path}: no {filename} there (expected a clone of the seed repository)")
+        spec = importlib.util.spec_from_file_location(name, file)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # a damaged or foreign file: name it, not the line inside it
+            raise UserError(f"--reference {path}: {filename} could not be imported ({first_line(error)})") from error
         return module
 
     fno, unet = load("fno.py", "reference_fno"), load("unet_no_att.py", "reference_unet")
@@ -479,4 +485,4 @@ def merge_sections(old, new):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -635,3 +635,12 @@ def test_the_microstructure_reading_ranks_modes_by_their_distance_to_true_sharpn
     assert closeness_lines([{**record, "results": record["results"][:1]}]) == []
     binary = closeness_lines([{**record, "results": [row("native", 0.3, 0.1) | {"sharpness_true": 0.0}]}])
     assert "| inf | - |" in binary[-1]
+
+
+def test_a_reference_folder_without_the_files_or_with_garbage_is_refused_by_name(tmp_path):
+    from bench.speed import load_reference
+    with pytest.raises(UserError, match=r"--reference .*: no fno.py there"):
+        load_reference(str(tmp_path))
+    (tmp_path / "fno.py").write_bytes(b"\x00\x01garbage(")
+    with pytest.raises(UserError, match=r"--reference .*: fno.py could not be imported"):
+        load_reference(str(tmp_path))
